@@ -1,0 +1,1 @@
+"""Front ends: turn a backend model (torch.fx / ONNX) into the IR."""
