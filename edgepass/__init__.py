@@ -8,3 +8,7 @@ __version__ = "0.1.0"
 
 __all__ = ["analyze", "Graph", "Op", "EdgepassError", "InputError", "UnsupportedModelError", "DeviceError",
            "InfeasibleBudgetError", "__version__"]
+
+from .space import ChannelGroup, Design, DesignSpace, design_space  # noqa: E402
+
+__all__ += ["design_space", "DesignSpace", "Design", "ChannelGroup"]

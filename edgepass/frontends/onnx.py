@@ -274,6 +274,9 @@ class _Builder:
             kind = "identity"
         elif t in _BINARY:
             kind = _BINARY[t]
+        elif t == "Gather" and self.is_identity_gather(node, a):
+            kind = "reshape"  # the dynamo exporter writes some flattens as a gather of arange indices
+            attrs = {"gather_indices": node.input[1]}
         elif t in _SIMPLE:
             kind = _SIMPLE[t]
             attrs = self.simple_attrs(kind, t, node, a, consts)
@@ -292,6 +295,14 @@ class _Builder:
                 out_shapes=[self.shapes.get(o, ()) for o in outs], consts=consts, attrs=attrs,
                 input_positions=[i for i, _ in acts], precision=precision, order=idx)
         self.ops.append(op)
+
+    def is_identity_gather(self, node, a) -> bool:
+        idx = self.value(node.input[1]) if len(node.input) > 1 else None
+        shape = self.shapes.get(node.input[0])
+        if idx is None or not shape or np.ndim(idx) == 0:
+            return False
+        n = shape[int(a.get("axis", 0)) % len(shape)]
+        return idx.size == n and np.array_equal(idx.ravel(), np.arange(n))
 
     def weight_precision(self, w: str) -> str:
         if w + "@quant" in self.dtypes:
