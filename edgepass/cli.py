@@ -15,12 +15,14 @@ from .errors import EXIT_USAGE, EdgepassError
 # verb modules, imported lazily so `edgepass --help` stays fast
 COMMANDS = [
     "edgepass.commands.analysis",
+    "edgepass.devices.cli",
 ]
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit code 2, like every other usage error
-        raise EdgepassError(f"{self.prog}: {message}")
+        verb = self.prog.partition(" ")[2]
+        raise EdgepassError(f"{verb}: {message}" if verb else message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
     except EdgepassError as exc:
         print(f"edgepass: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else 0
     except KeyboardInterrupt:
         print("edgepass: interrupted", file=sys.stderr)
         return 130

@@ -587,12 +587,16 @@ class _Analysis:
         named: dict[int, str] = {}
         used: set[str] = set()
         offered, frozen = [], []
+        infos = []
         for r in roots:
             members = sorted(set(at.members[r]), key=lambda m: (order.get(m[0], 1 << 30), m[0], m[1]))
-            if not members:
-                continue
-            producers = [m[0] for m in members if m[1] == "out"]
-            gid = producers[0] if producers else members[0][0]
+            if members:
+                producers = [m[0] for m in members if m[1] == "out"]
+                infos.append((r, members, producers))
+        # a group is named after its first producer; groups without one after their first member
+        infos.sort(key=lambda x: (not x[2], x[0]))
+        for r, members, producers in infos:
+            gid = producers[0] if producers else f"{members[0][0]}:{members[0][1]}"
             base, k = gid, 1
             while gid in used:
                 k += 1
@@ -607,6 +611,9 @@ class _Analysis:
                 reason = f"too narrow to shrink ({at.size[r]} channels)"
             grp = ChannelGroup(gid, at.size[r], members, choices, at.gran[r], reason)
             (frozen if reason else offered).append(grp)
+        key = {op.name: i for i, op in enumerate(self.g.ops())}
+        offered.sort(key=lambda g: key.get(g.members[0][0], 0))
+        frozen.sort(key=lambda g: key.get(g.members[0][0], 0))
         return offered, frozen, named
 
 

@@ -1,0 +1,1 @@
+"""CLI verbs that are not owned by a subpackage."""
