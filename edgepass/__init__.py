@@ -12,3 +12,7 @@ __all__ = ["analyze", "Graph", "Op", "EdgepassError", "InputError", "Unsupported
 from .space import ChannelGroup, Design, DesignSpace, design_space  # noqa: E402
 
 __all__ += ["design_space", "DesignSpace", "Design", "ChannelGroup"]
+
+from .rewrite import Verification, VerificationError, apply, verify  # noqa: E402
+
+__all__ += ["apply", "verify", "Verification", "VerificationError"]

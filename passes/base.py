@@ -5,17 +5,18 @@ It is onnx-ir's pass infrastructure (``onnx_ir.passes``): a pass declares ``requ
 the model and whether it changed. edgepass adds what it changed (``changes``: one line each) and
 a :class:`Pipeline` that is itself a pass and gathers its members' changes.
 
-ONNX passes take and return an ``onnx_ir.Model``; FX passes a ``torch.fx.GraphModule``. Both are
-functional here (the input model is never modified), which is what a compiler that must "lose
-nothing" needs.
+ONNX passes take and return an ``onnx_ir.Model`` and work in place on it (``edgepass.apply``
+builds that model from the user's proto, which is never touched); FX passes take a
+``torch.fx.GraphModule`` and are functional (they return a modified deep copy).
 """
 from __future__ import annotations
 
 import dataclasses
-from onnx_ir.passes import (FunctionalPass, PassBase, PassResult, PostconditionError, PreconditionError,
-                            Sequential)
+from onnx_ir.passes import (FunctionalPass, InPlacePass, PassBase, PassResult, PostconditionError,
+                            PreconditionError, Sequential)
 
-__all__ = ["RewriteResult", "RewritePass", "Pipeline", "PassBase", "PreconditionError", "PostconditionError"]
+__all__ = ["RewriteResult", "RewritePass", "OnnxRewritePass", "Pipeline", "PassBase", "PreconditionError",
+           "PostconditionError"]
 
 
 @dataclasses.dataclass
@@ -25,13 +26,19 @@ class RewriteResult(PassResult):
     changes: list = dataclasses.field(default_factory=list)
 
 
-class RewritePass(FunctionalPass):
-    """A functional pass (returns a new model, leaves its input untouched)."""
-
+class _Changes:
     name = "pass"
 
     def result(self, model, changes: list) -> RewriteResult:
         return RewriteResult(model=model, modified=bool(changes), changes=list(changes))
+
+
+class RewritePass(_Changes, FunctionalPass):
+    """A functional pass (returns a new model, leaves its input untouched): the FX passes."""
+
+
+class OnnxRewritePass(_Changes, InPlacePass):
+    """An in-place pass on an ``onnx_ir.Model``: the ONNX passes."""
 
 
 class Pipeline(Sequential):

@@ -1,0 +1,245 @@
+"""``edgepass.apply`` (design -> rewritten model) and ``edgepass.verify`` (did it do exactly that?)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .api import example_inputs_for, is_torch_module
+from .errors import EdgepassError, InputError
+from .space import Design, DesignSpace, build_space
+
+
+class VerificationError(EdgepassError):
+    """The rewritten model does not run, changed its output shape, or does not show the design."""
+
+    exit_code = 4
+
+
+def _needs_precision(space: DesignSpace, design: Design) -> bool:
+    return any(design.precisions.get(layer, space.graph.op(layer).precision) != space.graph.op(layer).precision
+               for layer in space.precisions)
+
+
+def _onnx_pipeline(space, design, *, calibration_data, importance):
+    from .passes.base import Pipeline
+    from .passes.kernel import KernelPassONNX
+    from .passes.width import WidthPassONNX
+
+    passes = [WidthPassONNX(space, design, importance=importance), KernelPassONNX(space, design)]
+    if _needs_precision(space, design):
+        from .passes.precision_onnx import PrecisionPassONNX
+
+        passes.append(PrecisionPassONNX(design.precisions, calibration_data))
+    return Pipeline(*passes)
+
+
+def _fx_pipeline(space, design, *, calibration_data, importance):
+    from .passes.base import Pipeline
+    from .passes.kernel import KernelPassFX
+    from .passes.width import WidthPassFX
+
+    passes = [WidthPassFX(space, design, importance=importance), KernelPassFX(space, design)]
+    if _needs_precision(space, design):
+        from .passes.precision_fx import PrecisionPassFX
+
+        passes.append(PrecisionPassFX(design.precisions, calibration_data))
+    return Pipeline(*passes)
+
+
+@dataclass
+class Applied:
+    """What :func:`apply_design` returns: the model plus the space it was read from and the changes."""
+
+    model: object
+    space: DesignSpace
+    design: Design
+    changes: list = field(default_factory=list)
+
+
+def apply_design(model, design: Design, *, example_inputs=None, calibration_data=None, importance: str = "l1",
+                 input_shapes: dict | None = None) -> Applied:
+    """Run the width, kernel and precision passes (in that order) and keep the bookkeeping."""
+    if isinstance(design, dict):
+        design = Design.from_dict(design)
+    if is_torch_module(model):
+        from .frontends.fx import analyze_fx, trace
+
+        gm = trace(model)
+        space = build_space(analyze_fx(gm, example_inputs_for(model, example_inputs)))
+        design = space.validate(design)
+        result = _fx_pipeline(space, design, calibration_data=calibration_data, importance=importance)(gm)
+        return Applied(result.model, space, design, result.changes)
+    import onnx
+    import onnx_ir as ir
+
+    from .frontends.onnx import analyze_onnx, load_model
+
+    if not isinstance(model, (str, os.PathLike, bytes, bytearray, onnx.ModelProto)):
+        raise InputError(f"cannot rewrite a {type(model).__name__}: give an nn.Module, an onnx.ModelProto or a path")
+    proto = load_model(model)
+    space = build_space(analyze_onnx(proto, input_shapes=input_shapes))
+    design = space.validate(design)
+    if design == space.identity():
+        return Applied(onnx.ModelProto.FromString(proto.SerializeToString()), space, design, [])
+    irm = ir.from_proto(proto)
+    result = _onnx_pipeline(space, design, calibration_data=calibration_data, importance=importance)(irm)
+    return Applied(ir.to_proto(result.model), space, design, result.changes)
+
+
+def apply(model, design: Design, *, example_inputs=None, calibration_data=None, importance: str = "l1"):
+    """Rewrite ``model`` to ``design``; returns the type it was given.
+
+    ``nn.Module`` in -> ``torch.fx.GraphModule`` (an ``nn.Module``) out; ONNX ``ModelProto`` or path
+    in -> ``ModelProto`` out. ``importance`` picks the channels a narrowed group keeps: ``"l1"``
+    (filter L1 norm, default) or ``"bn"`` (batch-norm scale).
+    """
+    return apply_design(model, design, example_inputs=example_inputs, calibration_data=calibration_data,
+                        importance=importance).model
+
+
+# --------------------------------------------------------------------------------------------
+# verification
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Verification:
+    ok: bool
+    problems: list
+    max_rel_diff: float | None = None
+    output_shapes: list = field(default_factory=list)
+
+    def raise_if_failed(self) -> "Verification":
+        if not self.ok:
+            raise VerificationError("verification failed: " + "; ".join(self.problems[:3]))
+        return self
+
+
+def run_model(model, inputs: list[np.ndarray], *, threads: int = 1) -> list[np.ndarray]:
+    """Outputs of a torch module or an ONNX model on numpy inputs."""
+    if is_torch_module(model):
+        import torch
+
+        with torch.no_grad():
+            out = model(*[torch.from_numpy(x) for x in inputs])
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.detach().float().numpy() for o in out]
+    import onnxruntime as ort
+
+    from .frontends.onnx import load_model
+
+    proto = load_model(model, check=False)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return [np.asarray(o, dtype=np.float32) for o in sess.run(None, dict(zip(names, inputs)))]
+
+
+def _inputs_for(model, example_inputs, seed=0) -> list[np.ndarray]:
+    if example_inputs is not None:
+        return [np.asarray(x.detach().numpy() if hasattr(x, "detach") else x, dtype=np.float32)
+                for x in (example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,))]
+    if is_torch_module(model):
+        return [x.numpy() for x in example_inputs_for(model, None)]
+    from .frontends.onnx import fix_input_shapes, load_model
+
+    proto = fix_input_shapes(load_model(model, check=False))
+    inits = {i.name for i in proto.graph.initializer}
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+            for i in proto.graph.input if i.name not in inits]
+
+
+def _strip_metadata(proto):
+    import onnx
+
+    p = onnx.ModelProto.FromString(proto.SerializeToString())
+    del p.metadata_props[:]
+    p.doc_string = ""
+    p.producer_name = p.producer_version = ""
+    for n in p.graph.node:
+        del n.metadata_props[:]
+        n.doc_string = ""
+    return p.SerializeToString(deterministic=True)
+
+
+def verify(original, rewritten, design: Design | None = None, *, example_inputs=None, rtol: float = 1e-5,
+           space: DesignSpace | None = None) -> Verification:
+    """Check that ``rewritten`` runs, keeps the output shapes and shows exactly ``design``.
+
+    With the identity design (or ``design=None``) the outputs must also match (max relative
+    difference <= ``rtol``) and an ONNX model must be unchanged apart from metadata.
+    """
+    from .api import analyze
+
+    problems = []
+    inputs = _inputs_for(original, example_inputs)
+    try:
+        ref = run_model(original, inputs)
+        out = run_model(rewritten, inputs)
+    except EdgepassError:
+        raise
+    except Exception as exc:
+        return Verification(False, [f"rewritten model does not run: {str(exc).splitlines()[0][:200]}"])
+    shapes = [tuple(o.shape) for o in out]
+    if [tuple(r.shape) for r in ref] != shapes:
+        problems.append(f"output shapes changed: {[tuple(r.shape) for r in ref]} -> {shapes}")
+    if space is None:
+        space = build_space(analyze(original, [__import__("torch").from_numpy(x) for x in inputs]
+                                    if is_torch_module(original) else None))
+    identity = space.identity()
+    design = identity if design is None else space.validate(design)
+    rel = None
+    if design == identity and not problems:
+        rel = max(float(np.max(np.abs(r - o)) / (np.max(np.abs(r)) + 1e-12)) for r, o in zip(ref, out))
+        if rel > rtol:
+            problems.append(f"identity design changed the outputs (max relative difference {rel:.2e})")
+        import onnx
+
+        if isinstance(rewritten, onnx.ModelProto) and not is_torch_module(original):
+            from .frontends.onnx import load_model
+
+            if _strip_metadata(load_model(original, check=False)) != _strip_metadata(rewritten):
+                problems.append("identity design changed the ONNX graph")
+    problems += _check_design(space, design, rewritten, inputs)
+    return Verification(not problems, problems, rel, shapes)
+
+
+def _check_design(space: DesignSpace, design: Design, rewritten, inputs) -> list:
+    """The rewritten model's own IR must show the design's widths, kernels and precisions."""
+    from .api import analyze
+
+    problems = []
+    try:
+        if is_torch_module(rewritten):
+            import torch
+
+            g = analyze(rewritten, [torch.from_numpy(x) for x in inputs])
+        else:
+            g = analyze(rewritten)
+    except EdgepassError as exc:
+        return [f"cannot analyse the rewritten model: {exc}"]
+    layers = {op.name: op for op in g.layers()}
+    for grp in space.groups:
+        want = design.widths[grp.id]
+        for name, role in grp.members:
+            if role != "out":
+                continue
+            op = layers.get(name)
+            if op is None:
+                problems.append(f"layer {name} missing from the rewritten model")
+                continue
+            got = op.attrs.get("out_channels", op.attrs.get("out_features"))
+            if got != want:
+                problems.append(f"group {grp.id}: {name} has {got} output channels, design says {want}")
+    for name, k in design.kernels.items():
+        op = layers.get(name)
+        if op is not None and op.attrs["kernel"][0] != k:
+            problems.append(f"{name}: kernel {op.attrs['kernel']}, design says {k}")
+    for name, p in design.precisions.items():
+        op = layers.get(name)
+        if op is not None and op.precision != p:
+            problems.append(f"{name}: precision {op.precision}, design says {p}")
+    return problems
