@@ -66,9 +66,12 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
     if is_torch_module(model):
         from .frontends.fx import analyze_fx, trace
 
+        import copy
+
         gm = trace(model)
         space = build_space(analyze_fx(gm, example_inputs_for(model, example_inputs)))
         design = space.validate(design)
+        gm = copy.deepcopy(gm)  # symbolic_trace shares submodules with the user's model
         result = _fx_pipeline(space, design, calibration_data=calibration_data, importance=importance)(gm)
         return Applied(result.model, space, design, result.changes)
     import onnx

@@ -5,17 +5,17 @@ It is onnx-ir's pass infrastructure (``onnx_ir.passes``): a pass declares ``requ
 the model and whether it changed. edgepass adds what it changed (``changes``: one line each) and
 a :class:`Pipeline` that is itself a pass and gathers its members' changes.
 
-ONNX passes take and return an ``onnx_ir.Model`` and work in place on it (``edgepass.apply``
-builds that model from the user's proto, which is never touched); FX passes take a
-``torch.fx.GraphModule`` and are functional (they return a modified deep copy).
+ONNX passes take and return an ``onnx_ir.Model``, FX passes a ``torch.fx.GraphModule``; both work
+in place on it, and ``edgepass.apply`` gives them a private copy (an ``onnx_ir.Model`` built from
+the user's proto, a deep copy of the traced module), so the user's model is never touched.
 """
 from __future__ import annotations
 
 import dataclasses
-from onnx_ir.passes import (FunctionalPass, InPlacePass, PassBase, PassResult, PostconditionError,
-                            PreconditionError, Sequential)
+from onnx_ir.passes import (InPlacePass, PassBase, PassResult, PostconditionError, PreconditionError,
+                            Sequential)
 
-__all__ = ["RewriteResult", "RewritePass", "OnnxRewritePass", "Pipeline", "PassBase", "PreconditionError",
+__all__ = ["RewriteResult", "RewritePass", "Pipeline", "PassBase", "PreconditionError",
            "PostconditionError"]
 
 
@@ -33,12 +33,8 @@ class _Changes:
         return RewriteResult(model=model, modified=bool(changes), changes=list(changes))
 
 
-class RewritePass(_Changes, FunctionalPass):
-    """A functional pass (returns a new model, leaves its input untouched): the FX passes."""
-
-
-class OnnxRewritePass(_Changes, InPlacePass):
-    """An in-place pass on an ``onnx_ir.Model``: the ONNX passes."""
+class RewritePass(_Changes, InPlacePass):
+    """An in-place rewrite of an ``onnx_ir.Model`` or a ``torch.fx.GraphModule``."""
 
 
 class Pipeline(Sequential):

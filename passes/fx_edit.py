@@ -87,6 +87,9 @@ def apply_edits(gm: torch.fx.GraphModule, edits: list) -> list[str]:
             _update_module(gm.get_submodule(node.target), e.attrs)
         elif e.attrs.get("kernel") is not None or e.attrs.get("groups") is not None:
             raise NotImplementedError(f"{e.op}: kernel/group changes of functional convs are not supported")
+        if "channels" in e.attrs and node.op == "call_function" and node.target is torch.nn.functional.layer_norm:
+            shape = tuple(node.args[1])  # a LayerNorm2d traced through bakes normalized_shape into the graph
+            node.args = (node.args[0], shape[:-1] + (int(e.attrs["channels"]),)) + tuple(node.args[2:])
         if e.shape_axis is not None and node.op == "call_method" and node.target in ("view", "reshape", "expand"):
             axis, old, new = e.shape_axis
             node.args = (node.args[0],) + _rewrite_int(node.args[1:], axis, old, new)

@@ -6,18 +6,16 @@ unchanged (stride, dilation, depthwise and grouped convs included).
 """
 from __future__ import annotations
 
-import copy
-
 import onnx_ir as ir
 
 from edgepass.space import Design, DesignSpace
 
 from . import fx_edit, onnx_edit
-from .base import OnnxRewritePass, PostconditionError, RewritePass
+from .base import PostconditionError, RewritePass
 from .plan import kernel_plan
 
 
-class KernelPassONNX(OnnxRewritePass):
+class KernelPassONNX(RewritePass):
     name = "kernel"
 
     def __init__(self, space: DesignSpace, design: Design):
@@ -44,7 +42,6 @@ class KernelPassFX(RewritePass):
         self.edits = kernel_plan(self.space, self.design)
 
     def call(self, gm):
-        gm = copy.deepcopy(gm)
         return self.result(gm, fx_edit.apply_edits(gm, self.edits))
 
     def ensures(self, gm) -> None:

@@ -7,14 +7,12 @@ split sizes, reshape targets) is sliced consistently, so the model still runs.
 """
 from __future__ import annotations
 
-import copy
-
 import onnx_ir as ir
 
 from edgepass.space import Design, DesignSpace
 
 from . import fx_edit, onnx_edit
-from .base import OnnxRewritePass, PostconditionError, PreconditionError, RewritePass
+from .base import PostconditionError, PreconditionError, RewritePass
 from .plan import channel_importance, width_plan
 
 
@@ -24,7 +22,7 @@ def _check_layers(space: DesignSpace, refs: set, backend: str) -> None:
         raise PreconditionError(f"{backend} model does not match the design space: no node for {missing[:3]}")
 
 
-class WidthPassONNX(OnnxRewritePass):
+class WidthPassONNX(RewritePass):
     name = "width"
 
     def __init__(self, space: DesignSpace, design: Design, *, importance: str = "l1"):
@@ -63,7 +61,6 @@ class WidthPassFX(RewritePass):
         _check_layers(self.space, {n.name for n in gm.graph.nodes}, "FX")
 
     def call(self, gm):
-        gm = copy.deepcopy(gm)
         scores = channel_importance(self.space, lambda name: fx_edit._get_tensor(gm, name).detach().numpy(),
                                     importance=self.importance)
         self.edits = width_plan(self.space, self.design, scores)
