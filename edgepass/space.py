@@ -197,6 +197,18 @@ class DesignSpace:
                       kernels={c: int(ks[rng.integers(len(ks))]) for c, ks in self.kernels.items()},
                       precisions={layer: str(ps[rng.integers(len(ps))]) for layer, ps in self.precisions.items()})
 
+    def uniform(self, ratio: float = 1.0, *, precision: str | None = None, min_kernels: bool = False) -> Design:
+        """The uniform baseline: every group at the offered width nearest ``ratio`` x its width,
+        optionally every layer at one precision and every kernel at its smallest choice."""
+        d = self.identity()
+        for g in self.groups:
+            d.widths[g.id] = min(g.choices, key=lambda w: (abs(w - ratio * g.width), -w))
+        if min_kernels:
+            d.kernels = {c: ks[-1] for c, ks in self.kernels.items()}
+        if precision is not None:
+            d.precisions = {layer: precision for layer, ps in self.precisions.items() if precision in ps}
+        return d
+
     def size(self) -> float:
         """log10 of the number of designs."""
         n = sum(math.log10(len(g.choices)) for g in self.groups)

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import edgepass
@@ -198,13 +198,14 @@ ARCHS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficien
 BACKENDS = ["fx", "legacy", "dynamo"]
 
 
-def _check_random_design(tvzoo, name, backend, seed):
+def _check_random_design(tvzoo, name, backend, seed, *, precision=False):
     model, x = tvzoo.model(name), tvzoo.example(name)
     src = model if backend == "fx" else tvzoo.onnx(name, backend)
     sp = edgepass.design_space(src, x)
     sample = sp.sample(np.random.default_rng(seed))
-    design = Design(widths=sample.widths, kernels=sample.kernels)
-    out = edgepass.apply(src, design, example_inputs=x)
+    design = Design(widths=sample.widths, kernels=sample.kernels, precisions=sample.precisions if precision else {})
+    calib = np.random.default_rng(0).standard_normal((4, 3, 224, 224)).astype(np.float32)
+    out = edgepass.apply(src, design, example_inputs=x, calibration_data=calib)
     if backend != "fx":
         onnx.checker.check_model(out, full_check=True)
     v = edgepass.verify(src, out, design, example_inputs=x, space=sp)
@@ -214,16 +215,26 @@ def _check_random_design(tvzoo, name, backend, seed):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ARCHS)
-@settings(max_examples=1, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1, deadline=None, derandomize=True, phases=[Phase.generate],
+          suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 2**16))
 def test_random_designs_run_and_verify(tvzoo, name, backend, seed):
     _check_random_design(tvzoo, name, backend, seed)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "efficientnet_b0"])
+@settings(max_examples=1, deadline=None, derandomize=True, phases=[Phase.generate],
+          suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 2**16))
+def test_random_mixed_precision_designs(tvzoo, name, backend, seed):
+    _check_random_design(tvzoo, name, backend, seed, precision=True)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ARCHS)
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 2**16))
 def test_random_designs_sweep(tvzoo, name, backend, seed):
-    _check_random_design(tvzoo, name, backend, seed)
+    _check_random_design(tvzoo, name, backend, seed, precision=True)

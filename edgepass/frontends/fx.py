@@ -34,7 +34,9 @@ _FUNC_KINDS = {
     "hardswish": "act", "silu": "act", "gelu": "act", "tanh": "act", "softplus": "act", "leaky_relu": "act",
     "elu": "act", "clamp": "act", "clip": "act", "mish": "act", "sqrt": "act", "exp": "act", "neg": "act",
     "dropout": "identity", "contiguous": "identity", "clone": "identity", "detach": "identity",
-    "float": "identity", "type_as": "identity", "stochastic_depth": "identity",  # identity in eval mode
+    "float": "identity", "type_as": "identity", "half": "cast", "to": "cast",
+    "quantize_per_tensor": "quantize", "quantize_per_channel": "quantize", "dequantize": "dequantize",
+    "add_relu": "add", "stochastic_depth": "identity",  # identity in eval mode
     "cat": "concat", "concat": "concat",
     "flatten": "reshape", "view": "reshape", "reshape": "reshape", "squeeze": "reshape", "unsqueeze": "reshape",
     "permute": "transpose", "transpose": "transpose",
@@ -87,7 +89,12 @@ def propagate_shapes(gm: torch.fx.GraphModule, example_inputs) -> None:
     gm.eval()
     try:
         with torch.no_grad():
-            try:  # shapes only: fake tensors skip the arithmetic (3x faster on a ResNet-50)
+            # shapes only: fake tensors skip the arithmetic (3x faster on a ResNet-50); quantized
+            # kernels have no fake implementation, so int8 modules run for real
+            quantized = any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in gm.modules())
+            try:
+                if quantized:
+                    raise NotImplementedError
                 from torch._subclasses.fake_tensor import FakeTensorMode
 
                 ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*example_inputs)
@@ -190,24 +197,65 @@ class _Builder:
         else:
             self.visit_function(node)
 
+    def visit_quantized(self, node, mod, acts) -> bool:
+        """Modules left by torch's FX quantization (``convert_fx``): int8 conv/linear, fused or not."""
+        qnn = torch.ao.nn.quantized
+        prefix = node.target
+        if isinstance(mod, qnn.modules.conv._ConvNd):
+            w = mod.weight()
+            b = mod.bias()
+            attrs = dict(in_channels=mod.in_channels, out_channels=mod.out_channels, kernel=tuple(mod.kernel_size),
+                         stride=tuple(mod.stride), padding=tuple(mod.padding), dilation=tuple(mod.dilation),
+                         groups=mod.groups, bias=b is not None, fused=type(mod).__name__)
+            cs = [Const(f"{prefix}.weight", tuple(w.shape), "int8", 1, "weight")]
+            if b is not None:
+                cs.append(Const(f"{prefix}.bias", tuple(b.shape), "fp32", 2, "bias"))
+            self.add(node, "conv", name=prefix, inputs=acts[:1], consts=cs, attrs=attrs).precision = "int8"
+            return True
+        if isinstance(mod, (qnn.Linear, qnn.dynamic.Linear)):
+            w, b = mod.weight(), mod.bias()
+            cs = [Const(f"{prefix}.weight", tuple(w.shape), "int8", 1, "weight")]
+            if b is not None:
+                cs.append(Const(f"{prefix}.bias", tuple(b.shape), "fp32", 2, "bias"))
+            self.add(node, "linear", name=prefix, inputs=acts[:1], consts=cs,
+                     attrs=dict(in_features=mod.in_features, out_features=mod.out_features, bias=b is not None,
+                                fused=type(mod).__name__)).precision = "int8"
+            return True
+        if isinstance(mod, (qnn.Quantize, qnn.DeQuantize)):
+            self.add(node, "quantize" if isinstance(mod, qnn.Quantize) else "dequantize", inputs=acts)
+            return True
+        if type(mod).__module__.startswith("torch.ao.nn.quantized") and acts:
+            # quantized activations, adds, pools, batch norms (standalone ones keep their params)
+            kind = {"ReLU6": "act", "Hardswish": "act", "ELU": "act", "LeakyReLU": "act", "Sigmoid": "act",
+                    "FloatFunctional": "identity"}.get(type(mod).__name__)
+            if kind:
+                self.add(node, kind, inputs=acts)
+                return True
+        return False
+
     def visit_module(self, node, mod) -> None:
         acts, consts, pos = self.operands(node)
         prefix = node.target
         nn = torch.nn
+        if self.visit_quantized(node, mod, acts):
+            return
+        params = prefix  # where the weights live
+        if isinstance(mod, torch.ao.nn.intrinsic._FusedModule) and isinstance(mod[0], (nn.Conv2d, nn.Linear)):
+            mod, params = mod[0], f"{prefix}.0"  # conv+bn+relu fused by prepare_fx: the conv carries the layer
         if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             n = mod.weight.dim() - 2
             attrs = dict(in_channels=mod.in_channels, out_channels=mod.out_channels, kernel=tuple(mod.kernel_size),
                          stride=tuple(mod.stride), padding=_pair(mod.padding, n) if not isinstance(mod.padding, str)
                          else mod.padding, dilation=tuple(mod.dilation), groups=mod.groups, bias=mod.bias is not None)
-            cs = [self.const(f"{prefix}.weight", 1, "weight")]
+            cs = [self.const(f"{params}.weight", 1, "weight")]
             if mod.bias is not None:
-                cs.append(self.const(f"{prefix}.bias", 2, "bias"))
+                cs.append(self.const(f"{params}.bias", 2, "bias"))
             o = self.add(node, "conv", name=prefix, inputs=acts[:1], consts=cs, attrs=attrs)
             o.precision = _DTYPES.get(mod.weight.dtype, "fp32")
         elif isinstance(mod, nn.Linear):
-            cs = [self.const(f"{prefix}.weight", 1, "weight")]
+            cs = [self.const(f"{params}.weight", 1, "weight")]
             if mod.bias is not None:
-                cs.append(self.const(f"{prefix}.bias", 2, "bias"))
+                cs.append(self.const(f"{params}.bias", 2, "bias"))
             o = self.add(node, "linear", name=prefix, inputs=acts[:1], consts=cs,
                          attrs=dict(in_features=mod.in_features, out_features=mod.out_features,
                                     bias=mod.bias is not None))

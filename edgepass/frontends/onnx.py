@@ -12,6 +12,7 @@ exporter's scoped node name (``/layer1/layer1.0/conv1/Conv``).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -144,8 +145,13 @@ def _module_from_scope(node_name: str) -> str | None:
     return quals[-1]
 
 
+_REWRITE_SUFFIX = re.compile(r"(_quantized|_fp16)(\.\d+)?$")
+
+
 def _layer_name(node, weight_name: str | None) -> str | None:
     if weight_name:
+        while _REWRITE_SUFFIX.search(weight_name):  # names given by our own precision pass
+            weight_name = _REWRITE_SUFFIX.sub("", weight_name)
         for suffix in (".weight", ".in_proj_weight"):
             if weight_name.endswith(suffix):
                 return weight_name[: -len(suffix)] if suffix == ".weight" else weight_name[: -len(suffix)]
