@@ -1,4 +1,4 @@
-"""CLI verbs ``edgepass devices [show ID]`` and ``edgepass measure MODEL.onnx``.
+"""CLI verbs ``edgepass devices [show ID]``, ``edgepass measure MODEL.onnx`` and ``edgepass profile``.
 
 Results go to stdout (a table for people, ``--json`` for scripts); errors are raised as
 :class:`~edgepass.errors.DeviceError` / :class:`~edgepass.errors.InputError` and printed by the
@@ -17,7 +17,7 @@ from .schema import KINDS
 
 
 def add_parser(subparsers: Any) -> None:
-    """Register ``devices`` and ``measure`` (called by :mod:`edgepass.cli`)."""
+    """Register ``devices``, ``measure`` and ``profile`` (called by :mod:`edgepass.cli`)."""
     p = subparsers.add_parser("devices", help="list the embedded device database, or show one device",
                               description="List known devices (id, kind, runtime, #measurements, precisions).")
     p.add_argument("--json", action="store_true", help="print a JSON list of dicts")
@@ -42,6 +42,18 @@ def add_parser(subparsers: Any) -> None:
                    help="onnxruntime graph optimization level (default all; 'basic' keeps node names)")
     m.add_argument("--json", action="store_true", help="print the measurement as JSON")
     m.set_defaults(func=_cmd_measure)
+
+    pr = subparsers.add_parser("profile", help="profile this machine with a reference suite and write a device file",
+                               description="Run the edgepass-ref/1 reference suite (operator micro-benchmarks and "
+                                           "small networks, fp32 and int8) with onnxruntime on this machine and "
+                                           "write a device JSON file whose signature the predictors use.")
+    pr.add_argument("-o", "--output", required=True, metavar="DEVICE.json", help="device file to write")
+    pr.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    pr.add_argument("--name", help="display name (default: the CPU model)")
+    pr.add_argument("--id", help="device id (default local/<name or hostname>-ort-<threads>t)")
+    pr.add_argument("--kind", choices=KINDS, default="cpu", help="device kind (default cpu)")
+    pr.add_argument("--quick", action="store_true", help="reduced suite, fewer runs (seconds; noisier)")
+    pr.set_defaults(func=_cmd_profile)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -105,3 +117,9 @@ def _cmd_measure(args: argparse.Namespace) -> int:
         body = [[t.name, t.op_type, f"{t.ms:.4f}", f"{t.calls_per_run:g}"] for t in res.per_node]
         print(_table(body, ["node", "op", "ms/run", "calls/run"]))
     return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import cmd_profile  # onnx/onnxruntime/torch only when profiling
+
+    return cmd_profile(args)

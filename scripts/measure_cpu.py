@@ -1,0 +1,375 @@
+#!/usr/bin/env python
+"""Measure >= 1,000 models on this machine's CPU with onnxruntime at 1 and 2 threads.
+
+This is edgepass's own latency data set (devices ``local/cpu-ort-1t`` and ``local/cpu-ort-2t``):
+zoo architectures drawn from the public tables (so they join with the public devices in the
+training set: NAS-Bench-201, FBNet, OFA-MBv3 at resolution <= 160, Accel-NASBench) and
+torchvision CNNs (``weights=None``), each exported to ONNX (opset 17, ``dynamo=False``) and
+measured in fp32 and -- for a deterministic subset -- int8 (whole-model QDQ by
+``onnxruntime.quantization.quantize_static``, 4 random calibration batches, QUInt8 activations,
+QInt8 weights, per-tensor). Timing is :func:`edgepass.devices.measure.measure` (5 warm-up runs,
+median/IQR of 20 timed runs); every 8th fp32 model also gets per-node times (onnxruntime
+profiler, 1 thread, optimization level "all").
+
+Outputs (package data, ``edgepass/data/dataset/``; format in docs/training-set.md):
+
+* ``cpu_ort.csv.gz``           one row per (model, threads): device, spec, design, precision,
+                               threads, latency_ms (median), iqr_ms, p25_ms, p75_ms, min_ms, runs
+* ``cpu_ort_per_node.jsonl.gz`` one JSON object per profiled model: per-node (name, op_type, ms/run)
+* ``cpu_ort_meta.json``        command lines, versions, CPU, wall time of every session, failures
+
+Resumable: rows already in ``cpu_ort.csv.gz`` are skipped; results are flushed every few models
+and on exit/interrupt, so ``nohup python scripts/measure_cpu.py &`` can be killed and rerun.
+``--minutes`` stops starting new models after that much wall time.
+
+Exact command used for the shipped data (see cpu_ort_meta.json for the sessions):
+
+    nohup .venv/bin/python scripts/measure_cpu.py --minutes 38 > /tmp/measure_cpu.log 2>&1 &
+    .venv/bin/python scripts/measure_cpu.py --write-devices    # then, on an idle machine
+
+``--write-devices`` profiles this machine with the full ``edgepass profile`` suite at 1 and 2
+threads and writes ``edgepass/data/devices/extra/local-cpu-ort-{1,2}t.json`` (merged into the
+embedded device database by ``edgepass.devices.database``), with measurement counts from the CSV.
+
+Hook for random designs: :data:`DESIGN_SAMPLERS` maps a space to ``sampler(spec, rng) ->
+list[design_json]`` and :func:`realize` turns (spec, design_json) into an ONNX model. Both are
+empty/identity today; once the per-layer rewrite passes exist (``edgepass.passes``: width,
+kernel, precision) add a sampler that draws random widths/kernels/precisions from
+``edgepass.space`` and make :func:`realize` apply the design -- the plan, the row key
+(spec, design, precision) and the resume logic already carry the design string.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import io
+import json
+import os
+import platform
+import random
+import signal
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+if not SHARED.exists():
+    SHARED = Path("/work/shared/data")
+OUT = ROOT / "edgepass" / "data" / "dataset"
+DEVICE_BY_THREADS = {1: "local/cpu-ort-1t", 2: "local/cpu-ort-2t"}
+COLUMNS = ["device", "spec", "design", "precision", "threads", "latency_ms", "iqr_ms", "p25_ms",
+           "p75_ms", "min_ms", "runs"]
+RUNS, WARMUP = 20, 5
+
+# torchvision models: the mobile-ml-benchmark names the zoo maps exactly, plus a few small
+# torchvision classics (all 224x224, random weights).
+TV_MODELS = [
+    "resnet10", "resnet12", "resnet14", "resnet16", "resnet18", "resnetbc14b", "resnetbc26b",
+    "resnext14_16x4d", "resnext14_32x4d", "squeezenet_v1_0", "squeezenet_v1_1", "mnasnet_b1",
+    "mobilenetv3_large_w1", "regnetx008", "regnety004", "regnetx016", "densenet121",
+    "mobilenetv2_w1", "mobilenetv2_wd2", "mobilenetv2_wd4", "mobilenetv3_small_w1",
+    "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "mnasnet0_5", "efficientnet_b0", "googlenet",
+]
+
+# ------------------------------------------------------------------ design hook (later)
+#: space -> sampler(spec, rng) -> list of design JSON strings to measure besides the identity.
+#: Empty until the per-layer passes land; see the module docstring.
+DESIGN_SAMPLERS: dict[str, Callable[[str, random.Random], list[str]]] = {}
+
+
+def realize(spec: str, design: str):
+    """(spec, design) -> (torch module, example inputs). Identity design only, for now."""
+    from edgepass import zoo
+
+    if design:
+        raise NotImplementedError("random designs need edgepass.passes (width/kernel/precision); see DESIGN_SAMPLERS")
+    zm = zoo.build(spec)
+    return zm.module, zm.example_inputs
+
+
+# ------------------------------------------------------------------ plan
+def _rows(path: Path):
+    with open(path, newline="") as f:
+        yield from csv.DictReader(f)
+
+
+def make_plan(seed: int, n_nb201: int, n_fbnet: int, n_ofa: int, n_anb: int, int8_every: int) -> list[tuple[str, str, str]]:
+    """Deterministic list of (spec, design, precision), spaces interleaved so that a time-limited
+    run still covers every space."""
+    from edgepass import zoo
+
+    rng = random.Random(seed)
+    per_space: dict[str, list[str]] = {}
+    nb = [r["arch_str"] for r in _rows(SHARED / "help" / "csv" / "nasbench201_latency.csv")]
+    per_space["nb201"] = [f"nb201:{a}" for a in rng.sample(nb, n_nb201)]
+    fb = list(_rows(SHARED / "help" / "csv" / "fbnet_latency.csv"))
+    per_space["fbnet"] = [zoo.spec_from_row(r) for r in rng.sample(fb, n_fbnet)]
+    of = [r for r in _rows(SHARED / "help" / "csv" / "ofa_latency.csv") if int(r["r"]) <= 160]
+    per_space["ofa"] = [zoo.spec_from_row(r) for r in rng.sample(of, n_ofa)]
+    an = list(_rows(SHARED / "accel_nasbench" / "accel_nasbench.csv"))
+    per_space["anb"] = [zoo.spec_from_row(r) for r in rng.sample(an, n_anb)]
+    per_space["tv"] = [f"tv:{m}" for m in TV_MODELS]
+    jobs: dict[str, list[tuple[str, str, str]]] = {}
+    for space, specs in per_space.items():
+        out = jobs.setdefault(space, [])
+        for i, spec in enumerate(specs):
+            spec = zoo.parse(spec)["canonical"]
+            designs = [""] + DESIGN_SAMPLERS.get(space, lambda s, r: [])(spec, rng)
+            for design in designs:
+                out.append((spec, design, "fp32"))
+                if space == "tv" or i % int8_every == 0:
+                    out.append((spec, design, "int8"))
+    # interleave proportionally
+    plan: list[tuple[str, str, str]] = []
+    cursors = {s: 0 for s in jobs}
+    total = sum(len(v) for v in jobs.values())
+    while len(plan) < total:
+        for s, lst in jobs.items():
+            # take from each space in proportion to its size
+            want = int(round((len(plan) + 1) * len(lst) / total)) + 1
+            while cursors[s] < min(want, len(lst)):
+                plan.append(lst[cursors[s]])
+                cursors[s] += 1
+    return plan
+
+
+# ------------------------------------------------------------------ export / quantize
+def export_onnx(module, example_inputs) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example_inputs, buf, dynamo=False, opset_version=17, input_names=["x"],
+                          output_names=["y"])
+    return buf.getvalue()
+
+
+def quantize_int8(fp32: bytes, input_shape, tmp: Path) -> bytes:
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"x": np.random.default_rng(i).standard_normal(input_shape).astype(np.float32)}
+                            for i in range(4)])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    src, dst = tmp / "fp32.onnx", tmp / "int8.onnx"
+    src.write_bytes(fp32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False)
+    return dst.read_bytes()
+
+
+# ------------------------------------------------------------------ storage
+def load_done(out: Path) -> tuple[list[dict], list[dict]]:
+    rows, nodes = [], []
+    p = out / "cpu_ort.csv.gz"
+    if p.exists():
+        with gzip.open(p, "rt", newline="") as f:
+            rows = list(csv.DictReader(f))
+    q = out / "cpu_ort_per_node.jsonl.gz"
+    if q.exists():
+        with gzip.open(q, "rt") as f:
+            nodes = [json.loads(line) for line in f if line.strip()]
+    return rows, nodes
+
+
+def _atomic_gz(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, mtime=0) as f:
+        f.write(text.encode())
+    os.replace(tmp, path)
+
+
+def flush(out: Path, rows: list[dict], nodes: list[dict], meta: dict) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    _atomic_gz(out / "cpu_ort.csv.gz", buf.getvalue())
+    _atomic_gz(out / "cpu_ort_per_node.jsonl.gz", "".join(json.dumps(n, separators=(",", ":")) + "\n" for n in nodes))
+    tmp = out / "cpu_ort_meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1) + "\n")
+    os.replace(tmp, out / "cpu_ort_meta.json")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# ------------------------------------------------------------------ device files
+SPACE_NAMES = {"nb201": "nb201", "fbnet": "fbnet", "ofa": "ofa-mbv3", "anb": "anb-mnasnet", "tv": "tv"}
+DEVICE_DIR = ROOT / "edgepass" / "data" / "devices" / "extra"
+
+
+def write_local_devices(out: Path = OUT, device_dir: Path = DEVICE_DIR, threads=(1, 2)) -> list[Path]:
+    """Profile this machine (full reference suite) at each thread count and write the
+    ``local/cpu-ort-<t>t`` device files that the database loader merges, with measurement
+    counts taken from ``cpu_ort.csv.gz``. Run it when the machine is otherwise idle."""
+    from edgepass.devices.profile import profile_device
+    from edgepass.devices.schema import Device
+
+    rows, _ = load_done(out)
+    device_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for t in threads:
+        dev_id = DEVICE_BY_THREADS[t]
+        models = {(r["spec"], r["design"], r["precision"]) for r in rows if r["device"] == dev_id}
+        counts: dict[str, int] = {}
+        for spec, _, _ in models:
+            space = SPACE_NAMES.get(spec.split(":", 1)[0].split("@", 1)[0], "other")
+            counts[space] = counts.get(space, 0) + 1
+        prof = profile_device(t, device_id=dev_id)
+        data = prof.to_dict()
+        data.update(
+            name=f"This machine's CPU ({cpu_model()}, {os.cpu_count()} cores), onnxruntime, {t} thread{'s' if t > 1 else ''}",
+            measurements=dict(sorted(counts.items())), n_measurements=sum(counts.values()),
+            notes=(f"Measured by edgepass (scripts/measure_cpu.py): {len(models)} models (fp32 and whole-model int8 QDQ), "
+                   f"median of {RUNS} runs after {WARMUP} warm-ups, onnxruntime CPU EP, {t} intra-op thread(s), "
+                   "sequential; a shared 2-core VM, so timings carry scheduler noise. Signature: edgepass profile "
+                   "(edgepass-ref/1). Datasheet from /proc/cpuinfo and /proc/meminfo."),
+        )
+        data["provenance"].update(
+            source="edgepass", licence="MIT",
+            sources=[{"name": "edgepass", "repo": "this repository (scripts/measure_cpu.py, edgepass profile)",
+                      "commit": "", "licence": "MIT", "columns": [f"edgepass/data/dataset/cpu_ort.csv.gz:{dev_id}"]}])
+        dev = Device.from_dict(data, origin=f"local device {dev_id}")
+        path = device_dir / f"{dev_id.replace('/', '-')}.json"
+        dev.save(path)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--minutes", type=float, default=38.0, help="stop starting new models after this (default 38)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--nb201", type=int, default=560)
+    ap.add_argument("--fbnet", type=int, default=80)
+    ap.add_argument("--ofa", type=int, default=90)
+    ap.add_argument("--anb", type=int, default=50)
+    ap.add_argument("--int8-every", type=int, default=2, help="int8 for every k-th architecture (all tv models)")
+    ap.add_argument("--profile-every", type=int, default=8, help="per-node times for every k-th fp32 model")
+    ap.add_argument("--limit", type=int, default=0, help="measure at most this many new models (testing)")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan size and exit")
+    ap.add_argument("--write-devices", action="store_true",
+                    help="only profile this machine and write the local/cpu-ort-{1,2}t device files")
+    args = ap.parse_args(argv)
+    if args.write_devices:
+        for path in write_local_devices(args.out):
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
+
+    import logging
+
+    import onnxruntime
+    import torch
+    from tqdm import tqdm
+
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger
+
+    from edgepass.devices.measure import measure
+
+    torch.set_num_threads(1)  # building/exporting must not fight the timed sessions for cores
+    plan = make_plan(args.seed, args.nb201, args.fbnet, args.ofa, args.anb, args.int8_every)
+    if args.dry_run:
+        from collections import Counter
+        print(len(plan), Counter((s.split(":")[0].split("@")[0], p) for s, _, p in plan))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows, nodes = load_done(args.out)
+    meta_path = args.out / "cpu_ort_meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {
+        "description": "edgepass's own onnxruntime CPU measurements (scripts/measure_cpu.py)",
+        "protocol": {"runs": RUNS, "warmup": WARMUP, "optimization": "all", "opset": 17,
+                     "int8": "quantize_static QDQ, QUInt8 activations, QInt8 weights, per-tensor, 4 random N(0,1) calibration batches",
+                     "per_node": f"every {args.profile_every}th fp32 model at 1 thread"},
+        "sessions": [], "failures": []}
+    done = {(r["spec"], r["design"], r["precision"]) for r in rows}
+    done |= {tuple(f["key"]) for f in meta["failures"]}
+    todo = [j for j in plan if j not in done]
+    if args.limit:
+        todo = todo[: args.limit]
+    session = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+               "cpu": cpu_model(), "nproc": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+               "torch": torch.__version__, "python": platform.python_version(), "models_before": len(done),
+               "models_measured": 0, "wall_s": 0.0}
+    meta["sessions"].append(session)
+    t0 = time.time()
+    stop = {"flag": False}
+
+    def on_signal(signum, frame):  # finish the current model, flush, exit
+        stop["flag"] = True
+    signal.signal(signal.SIGTERM, on_signal)
+
+    plan_index = {j: i for i, j in enumerate(plan)}
+    cache: dict[str, tuple[bytes, tuple]] = {}  # spec|design -> fp32 bytes (int8 follows fp32 in the plan)
+    bar = tqdm(todo, desc="measuring", unit="model", file=sys.stderr, dynamic_ncols=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgepass-measure-") as tmpdir:
+            for n_done, (spec, design, precision) in enumerate(bar):
+                if stop["flag"] or time.time() - t0 > args.minutes * 60:
+                    bar.write(f"stopping: {'signal' if stop['flag'] else 'time limit'} after {len(rows)} rows")
+                    break
+                bar.set_postfix_str(f"{spec[:28]} {precision}")
+                key = f"{spec}|{design}"
+                try:
+                    if key not in cache:
+                        module, example = realize(spec, design)
+                        cache.clear()
+                        cache[key] = (export_onnx(module, example), tuple(example[0].shape))
+                    fp32, shape = cache[key]
+                    model = fp32 if precision == "fp32" else quantize_int8(fp32, shape, Path(tmpdir))
+                    for threads in (1, 2):
+                        prof = (threads == 1 and precision == "fp32" and plan_index[(spec, design, precision)] % args.profile_every == 0)
+                        m = measure(model, threads=threads, runs=RUNS, warmup=WARMUP, profile=prof)
+                        rows.append({"device": DEVICE_BY_THREADS[threads], "spec": spec, "design": design,
+                                     "precision": precision, "threads": threads,
+                                     "latency_ms": f"{m.median_ms:.4g}", "iqr_ms": f"{m.iqr_ms:.3g}",
+                                     "p25_ms": f"{m.p25_ms:.4g}", "p75_ms": f"{m.p75_ms:.4g}",
+                                     "min_ms": f"{m.min_ms:.4g}", "runs": m.runs})
+                        if prof:
+                            nodes.append({"device": DEVICE_BY_THREADS[threads], "spec": spec, "design": design,
+                                          "precision": precision, "threads": threads, "optimization": "all",
+                                          "latency_ms": round(m.median_ms, 4),
+                                          "nodes": [[t.name, t.op_type, round(t.ms, 5), t.calls_per_run] for t in m.per_node]})
+                    session["models_measured"] += 1
+                except Exception as exc:  # noqa: BLE001 -- record and go on: one bad model must not stop the run
+                    meta["failures"].append({"key": [spec, design, precision], "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+                    bar.write(f"FAILED {spec} {precision}: {type(exc).__name__}: {str(exc)[:200]}")
+                if n_done % 10 == 9:
+                    session["wall_s"] = round(time.time() - t0, 1)
+                    flush(args.out, rows, nodes, meta)
+    finally:
+        bar.close()
+        session["wall_s"] = round(time.time() - t0, 1)
+        session["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        session["rows_total"] = len(rows)
+        flush(args.out, rows, nodes, meta)
+    n_models = len({(r["spec"], r["design"], r["precision"]) for r in rows})
+    print(f"{len(rows)} rows, {n_models} models, {len(nodes)} per-node profiles, "
+          f"{len(meta['failures'])} failures; this session {session['wall_s']:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
