@@ -230,6 +230,77 @@ class DesignSpace:
             getattr(full, knob).update(mine)
         return full
 
+    # -- designs as integer vectors (for optimizers and batched predictors) ----------------
+    def knobs(self) -> list[tuple[str, str, list]]:
+        """Every knob in a fixed order: ``(knob, key, choices)``, knob in widths | kernels | precisions."""
+        out = [("widths", g.id, list(g.choices)) for g in self.groups]
+        out += [("kernels", c, list(ks)) for c, ks in self.kernels.items()]
+        out += [("precisions", layer, list(ps)) for layer, ps in self.precisions.items()]
+        return out
+
+    def encode(self, design: Design) -> np.ndarray:
+        """Choice index per knob (order of :meth:`knobs`)."""
+        d = self.validate(design)
+        return np.array([choices.index(getattr(d, knob)[key]) for knob, key, choices in self.knobs()], dtype=np.int64)
+
+    def decode(self, vec) -> Design:
+        d = Design()
+        for (knob, key, choices), i in zip(self.knobs(), np.asarray(vec).tolist()):
+            getattr(d, knob)[key] = choices[int(i)]
+        return d
+
+    def design_graph(self, design: Design) -> Graph:
+        """The IR of the model the design would produce, computed without rewriting anything:
+        tensor shapes, channel counts, kernels, precisions and costs (MACs, params, bytes)."""
+        import copy
+
+        from .ir import Graph, compute_costs
+
+        d = self.validate(design)
+        widths = {g.id: d.widths[g.id] for g in self.groups}
+
+        def new_shape(t):
+            shape = self.graph.graph["tensors"].get(t)
+            lay = self.layouts.get(t)
+            if shape is None or lay is None:
+                return shape
+            axis, segs = lay
+            shape = list(shape)
+            shape[axis] = sum(widths.get(gid, size) * rep for gid, size, rep in segs)
+            return tuple(shape)
+
+        ops = []
+        for op in self.graph.ops():
+            o = copy.copy(op)
+            o.attrs = dict(op.attrs)
+            o.in_shapes = [new_shape(t) or s for t, s in zip(op.inputs, op.in_shapes)]
+            o.out_shapes = [new_shape(t) or s for t, s in zip(op.outputs, op.out_shapes)]
+            a = o.attrs
+            if o.kind == "conv":
+                cin_old, g_old = op.attrs["in_channels"], op.attrs["groups"]
+                a["in_channels"], a["out_channels"] = o.in_shapes[0][1], o.out_shapes[0][1]
+                if g_old > 1:
+                    a["groups"] = a["in_channels"] if g_old == cin_old else a["in_channels"] // (cin_old // g_old)
+                k = d.kernels.get(op.name)
+                if k is not None and k != op.attrs["kernel"][0]:
+                    a["kernel"] = (k, k)
+            elif o.kind == "linear":
+                a["in_features"] = int(np.prod(o.in_shapes[0][-1:]))
+                a["out_features"] = o.out_shapes[0][-1]
+            elif o.kind in ("batchnorm", "layernorm") and self.layouts.get(op.outputs[0]):
+                axis = self.layouts[op.outputs[0]][0]
+                a["channels"] = o.out_shapes[0][axis]
+            if op.name in d.precisions:
+                o.precision = d.precisions[op.name]
+            compute_costs(o)
+            ops.append(o)
+        tensors = {t: new_shape(t) or s for t, s in self.graph.graph["tensors"].items()}
+        g = Graph.from_ops(ops, backend=self.graph.graph["backend"], inputs=self.graph.graph["inputs"],
+                           outputs=self.graph.graph["outputs"], tensors=tensors,
+                           unknown_ops=self.graph.graph["unknown_ops"], model_name=self.graph.graph.get("model_name"))
+        g.graph["total_params"] = None
+        return g
+
     def hash(self) -> str:
         """Identifies the space (not the weights): optimizers trained for it are cached under this key."""
         d = {"groups": [(g.id, g.width, g.choices) for g in self.groups], "kernels": sorted(self.kernels.items()),

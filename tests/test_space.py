@@ -188,3 +188,17 @@ def test_design_validation_errors(spaces):
         Design.from_json("{not json")
     partial = sp.validate(Design(precisions={"fc": "int8"}))
     assert partial.precisions["fc"] == "int8" and partial.widths == sp.identity().widths
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet121", "regnet_y_400mf"])
+def test_design_graph_predicts_the_rewritten_ir(name, spaces, tvzoo):
+    sp = spaces(name)
+    for seed in range(2):
+        d = sp.sample(seed)
+        d.precisions = {k: "fp32" for k in d.precisions}
+        assert sp.decode(sp.encode(d)) == sp.validate(d)
+        predicted = sp.design_graph(d)
+        real = edgepass.analyze(edgepass.apply(tvzoo.model(name), d, example_inputs=tvzoo.example(name)),
+                                tvzoo.example(name))
+        assert {o.name: o.macs for o in predicted.layers()} == {o.name: o.macs for o in real.layers()}
+        assert predicted.params == real.params
