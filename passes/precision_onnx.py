@@ -50,7 +50,11 @@ from .base import PostconditionError, PreconditionError, RewritePass
 PRECISIONS = ("fp32", "fp16", "int8")
 # parameter-free ops that stay in the int8 region when all their activation inputs come from it
 GLUE_OPS = frozenset({"Relu", "Clip", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
-                      "Squeeze", "Unsqueeze", "Transpose", "Concat", "Resize", "Split"})
+                      "Squeeze", "Unsqueeze", "Transpose", "Concat", "Resize", "Split", "Sigmoid", "Mul",
+                      "LeakyRelu"})
+# op types onnxruntime fuses into int8 kernels (QLinearSigmoid, QLinearMul, ...) when wrapped in Q/DQ;
+# the quantizer's QDQ registry leaves them out unless asked
+_EXTRA_QDQ_TYPES = ("Sigmoid", "Mul", "Add", "LeakyRelu", "Concat", "GlobalAveragePool")
 _CALIBRATE = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile", "distribution": "Distribution"}
 _QTYPES = {"uint8": "QUInt8", "int8": "QInt8"}
 
@@ -183,6 +187,7 @@ def quantize_int8(proto: onnx.ModelProto, nodes: list[str], feeds: list[dict], *
                   activation_type: str = "uint8", calibrate_method: str = "minmax", extra_options=None) -> onnx.ModelProto:
     """``quantize_static`` in QDQ format on ``nodes`` only; temp files under fixed names for determinism."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
 
     options = {"ActivationSymmetric": False, "WeightSymmetric": True}
     options.update(extra_options or {})
@@ -192,6 +197,7 @@ def quantize_int8(proto: onnx.ModelProto, nodes: list[str], feeds: list[dict], *
         quantize_static(str(src), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         reduce_range=False, activation_type=getattr(QuantType, _QTYPES[activation_type]),
                         weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes),
+                        op_types_to_quantize=sorted(set(QDQRegistry) | set(_EXTRA_QDQ_TYPES)),
                         calibrate_method=getattr(CalibrationMethod, _CALIBRATE[calibrate_method]),
                         extra_options=options)
         return onnx.load_model(str(dst))

@@ -426,10 +426,14 @@ def analyze_onnx(model, *, input_shapes: dict | None = None, model_name: str | N
             proto.graph.name or "model")
     g = Graph.from_ops(b.ops, backend="onnx", inputs=inputs, outputs=outputs, tensors=tensors,
                        unknown_ops=b.unknown, model_name=model_name)
-    # parameters as torch counts them: float initializers, minus batch-norm running statistics
-    stats = {c.name for op in b.ops if op.kind == "batchnorm" for c in op.consts if c.position in (3, 4)}
+    # parameters as torch counts them: weight-like initializers (float, or int8/int32 behind a
+    # DequantizeLinear), minus batch-norm running statistics and quantization scales / zero points
+    skip = {c.name for op in b.ops if op.kind == "batchnorm" for c in op.consts if c.position in (3, 4)}
+    skip |= {n.input[i] for n in inferred.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+             for i in (1, 2) if len(n.input) > i}
+    kinds = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8, onnx.TensorProto.UINT8,
+             onnx.TensorProto.INT32)
     g.graph["total_params"] = sum(int(np.prod(i.dims)) for i in inferred.graph.initializer
-                                  if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
-                                  and i.name not in stats)
+                                  if i.data_type in kinds and i.name not in skip)
     g.graph["proto"] = proto
     return g
