@@ -238,3 +238,19 @@ def test_random_mixed_precision_designs(tvzoo, name, backend, seed):
 @given(seed=st.integers(0, 2**16))
 def test_random_designs_sweep(tvzoo, name, backend, seed):
     _check_random_design(tvzoo, name, backend, seed, precision=True)
+
+
+def test_digits_accuracy_after_width_and_kernel_is_recorded(record_property, digits_onnx):
+    """Recorded, not asserted (recovery is the accuracy issue's job); printed by benchmarks/passes.py."""
+    from edgepass.demo import DEMO_DATA, demo_path
+
+    data = np.load(str(demo_path(DEMO_DATA)))
+    sp = edgepass.design_space(digits_onnx)
+    accuracy = {}
+    for label, design in {"fp32": sp.identity(), "width0.75": sp.uniform(0.75), "width0.5": sp.uniform(0.5),
+                          "kernel-min": sp.uniform(1.0, min_kernels=True)}.items():
+        logits = run_model(edgepass.apply(digits_onnx, design), [data["x_test"]])[0]
+        accuracy[label] = float((logits.argmax(1) == data["y_test"]).mean())
+        record_property(f"digits_accuracy_{label}", accuracy[label])
+    assert accuracy["fp32"] >= 0.97
+    assert all(0.0 <= a <= 1.0 for a in accuracy.values())
