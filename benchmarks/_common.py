@@ -1,26 +1,12 @@
 """Helpers shared by the benchmark scripts: table printing, JSON output, quiet ONNX export."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import warnings
 from pathlib import Path
 
-import torch
+from edgepass.export import export_onnx  # noqa: F401  (re-exported for the scripts)
 
 OUT = Path(__file__).resolve().parent / "out"
-
-
-def export_onnx(model, example, path, *, dynamo: bool = False) -> Path:
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if dynamo:
-            torch.onnx.export(model, example, str(path), dynamo=True, external_data=False, optimize=True)
-        else:
-            torch.onnx.export(model, example, str(path), dynamo=False, opset_version=17)
-    return Path(path)
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

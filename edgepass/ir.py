@@ -71,6 +71,22 @@ class Op:
         return next((c for c in self.consts if c.role == role), None)
 
 
+class UniqueNames:
+    """Hands out names not used before: ``name``, then ``name<sep>2``, ``name<sep>3``..."""
+
+    def __init__(self, taken=(), sep: str = "#"):
+        self.taken = set(taken)
+        self.sep = sep
+
+    def __call__(self, name: str) -> str:
+        base, k = name, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}{self.sep}{k}"
+        self.taken.add(name)
+        return name
+
+
 def _prod(xs) -> int:
     return int(math.prod(int(x) for x in xs)) if xs is not None else 0
 

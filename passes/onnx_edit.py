@@ -11,6 +11,8 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
+from edgepass.ir import UniqueNames
+
 _ATTR = {"groups": "group", "kernel": "kernel_shape", "pads": "pads"}
 
 
@@ -49,16 +51,9 @@ def const_array(value: ir.Value) -> np.ndarray | None:
 class _Writer:
     def __init__(self, model: ir.Model):
         self.model = model
-        self.names = {v.name for v in model.graph.initializers.values()}
-        self.names.update(v.name for n in model.graph for v in n.outputs)
-
-    def unique(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.names:
-            k += 1
-            name = f"{base}.{k}"
-        self.names.add(name)
-        return name
+        taken = {v.name for v in model.graph.initializers.values()}
+        taken.update(v.name for n in model.graph for v in n.outputs)
+        self.unique = UniqueNames(taken, sep=".")
 
     def set_input(self, node: ir.Node, position: int, arr: np.ndarray) -> None:
         """Give ``node`` a constant operand ``arr`` at ``position`` without touching other users."""

@@ -1,13 +1,12 @@
 """Shared fixtures: torchvision architectures (random weights) and their ONNX exports, cached per session."""
 from __future__ import annotations
 
-import contextlib
-import io
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
+
+from edgepass.export import export_onnx  # noqa: F401  (tests import it from here)
 
 ARCHS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x1_0",
          "regnet_y_400mf", "densenet121", "squeezenet1_0", "convnext_tiny", "vit_b_16"]
@@ -17,18 +16,6 @@ def torchvision_model(name: str) -> torch.nn.Module:
     tv = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     return tv.models.get_model(name, weights=None).eval()
-
-
-def export_onnx(model: torch.nn.Module, example, path: Path, *, dynamo: bool) -> Path:
-    """Export quietly with the legacy (TorchScript) or the dynamo exporter, weights inline."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        if dynamo:
-            torch.onnx.export(model, example, str(path), dynamo=True, external_data=False, optimize=True)
-        else:
-            torch.onnx.export(model, example, str(path), dynamo=False, opset_version=17)
-    return path
 
 
 class _Zoo:

@@ -14,7 +14,7 @@ import torch.fx
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from ..errors import UnsupportedModelError
-from ..ir import Const, Graph, Op
+from ..ir import Const, Graph, Op, UniqueNames
 
 _DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int8: "int8",
            torch.uint8: "uint8", torch.int32: "int32", torch.int64: "int64", torch.bool: "bool"}
@@ -114,21 +114,13 @@ class _Builder:
         self.ops: list[Op] = []
         self.tensors: dict[str, tuple] = {}
         self.alias: dict[torch.fx.Node, Any] = {}   # fx node -> tensor name | tuple of names | Const | None
-        self.names: set[str] = set()
+        self.unique = UniqueNames()
         self.unknown: list[str] = []
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.params = {id(p) for p in gm.parameters()}
 
     # -- helpers ---------------------------------------------------------------------------
-    def unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self.names:
-            k += 1
-            name = f"{base}#{k}"
-        self.names.add(name)
-        return name
-
     def add(self, node, kind, *, name=None, inputs=(), consts=(), attrs=None, out_names=None, out_shapes=None,
             positions=None) -> Op:
         if out_shapes is None:

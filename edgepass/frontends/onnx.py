@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from ..errors import InputError
-from ..ir import Const, Graph, Op
+from ..ir import Const, Graph, Op, UniqueNames
 
 _ELEM = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16",
          onnx.TensorProto.INT8: "int8", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT32: "int32",
@@ -176,16 +176,8 @@ class _Builder:
         self.static: dict[str, str] = {n: n for n in self.inits}   # static tensor -> source initializer/tensor
         self.values: dict[str, np.ndarray] = {}
         self.ops: list[Op] = []
-        self.names: set[str] = set()
+        self.unique = UniqueNames()
         self.unknown: list[str] = []
-
-    def unique(self, name: str) -> str:
-        base, k = name, 1
-        while name in self.names:
-            k += 1
-            name = f"{base}#{k}"
-        self.names.add(name)
-        return name
 
     def value(self, t: str):
         """Numeric value of a static tensor when cheaply known (initializers, Constant nodes)."""
