@@ -22,12 +22,17 @@ def _needs_precision(space: DesignSpace, design: Design) -> bool:
                for layer in space.precisions)
 
 
-def _onnx_pipeline(space, design, *, calibration_data, importance):
+def _onnx_pipeline(space, design, *, calibration_data, importance, original=None, recalibrate=True):
     from .passes.base import Pipeline
     from .passes.kernel import KernelPassONNX
     from .passes.width import WidthPassONNX
 
-    passes = [WidthPassONNX(space, design, importance=importance), KernelPassONNX(space, design)]
+    width, kernel = WidthPassONNX(space, design, importance=importance), KernelPassONNX(space, design)
+    passes = [width, kernel]
+    if recalibrate and calibration_data is not None and original is not None:
+        from .passes.recalibrate import RecalibratePassONNX
+
+        passes.append(RecalibratePassONNX(original, space, width, kernel, calibration_data))
     if _needs_precision(space, design):
         from .passes.precision_onnx import PrecisionPassONNX
 
@@ -35,12 +40,16 @@ def _onnx_pipeline(space, design, *, calibration_data, importance):
     return Pipeline(*passes)
 
 
-def _fx_pipeline(space, design, *, calibration_data, importance):
+def _fx_pipeline(space, design, *, calibration_data, importance, example_inputs=None, recalibrate=True):
     from .passes.base import Pipeline
     from .passes.kernel import KernelPassFX
     from .passes.width import WidthPassFX
 
     passes = [WidthPassFX(space, design, importance=importance), KernelPassFX(space, design)]
+    if recalibrate and calibration_data is not None and design != space.identity():
+        from .passes.recalibrate import RecalibratePassFX
+
+        passes.append(RecalibratePassFX(calibration_data, example_inputs))
     if _needs_precision(space, design):
         from .passes.precision_fx import PrecisionPassFX
 
@@ -59,8 +68,9 @@ class Applied:
 
 
 def apply_design(model, design: Design, *, example_inputs=None, calibration_data=None, importance: str = "l1",
-                 input_shapes: dict | None = None) -> Applied:
-    """Run the width, kernel and precision passes (in that order) and keep the bookkeeping."""
+                 input_shapes: dict | None = None, recalibrate: bool = True) -> Applied:
+    """Run the width, kernel, recalibration (with calibration data) and precision passes, in that
+    order, and keep the bookkeeping."""
     if isinstance(design, dict):
         design = Design.from_dict(design)
     if is_torch_module(model):
@@ -72,7 +82,8 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
         space = build_space(analyze_fx(gm, example_inputs_for(model, example_inputs)))
         design = space.validate(design)
         gm = copy.deepcopy(gm)  # symbolic_trace shares submodules with the user's model
-        result = _fx_pipeline(space, design, calibration_data=calibration_data, importance=importance)(gm)
+        result = _fx_pipeline(space, design, calibration_data=calibration_data, importance=importance,
+                              example_inputs=example_inputs_for(model, example_inputs), recalibrate=recalibrate)(gm)
         return Applied(result.model, space, design, result.changes)
     import onnx
     import onnx_ir as ir
@@ -87,19 +98,23 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
     if design == space.identity():
         return Applied(onnx.ModelProto.FromString(proto.SerializeToString()), space, design, [])
     irm = ir.from_proto(proto)
-    result = _onnx_pipeline(space, design, calibration_data=calibration_data, importance=importance)(irm)
+    result = _onnx_pipeline(space, design, calibration_data=calibration_data, importance=importance,
+                            original=proto, recalibrate=recalibrate)(irm)
     return Applied(ir.to_proto(result.model), space, design, result.changes)
 
 
-def apply(model, design: Design, *, example_inputs=None, calibration_data=None, importance: str = "l1"):
+def apply(model, design: Design, *, example_inputs=None, calibration_data=None, importance: str = "l1",
+          recalibrate: bool = True):
     """Rewrite ``model`` to ``design``; returns the type it was given.
 
     ``nn.Module`` in -> ``torch.fx.GraphModule`` (an ``nn.Module``) out; ONNX ``ModelProto`` or path
     in -> ``ModelProto`` out. ``importance`` picks the channels a narrowed group keeps: ``"l1"``
-    (filter L1 norm, default) or ``"bn"`` (batch-norm scale).
+    (filter L1 norm, default) or ``"bn"`` (batch-norm scale). With calibration data, narrowed or
+    kernel-shrunk models are recalibrated (batch-norm statistics re-estimated; ``recalibrate=False``
+    turns it off) before int8 ranges are calibrated.
     """
     return apply_design(model, design, example_inputs=example_inputs, calibration_data=calibration_data,
-                        importance=importance).model
+                        importance=importance, recalibrate=recalibrate).model
 
 
 # --------------------------------------------------------------------------------------------
