@@ -40,16 +40,23 @@ def _onnx_pipeline(space, design, *, calibration_data, importance, original=None
     return Pipeline(*passes)
 
 
-def _fx_pipeline(space, design, *, calibration_data, importance, example_inputs=None, recalibrate=True):
+def _fx_pipeline(space, design, *, calibration_data, importance, example_inputs=None, recalibrate=True,
+                 teacher=None, finetune=None, finetune_steps=200, seed=0):
     from .passes.base import Pipeline
     from .passes.kernel import KernelPassFX
     from .passes.width import WidthPassFX
 
     passes = [WidthPassFX(space, design, importance=importance), KernelPassFX(space, design)]
-    if recalibrate and calibration_data is not None and design != space.identity():
+    changes_shape = design.widths != space.identity().widths or design.kernels != space.identity().kernels
+    if recalibrate and calibration_data is not None and changes_shape:
         from .passes.recalibrate import RecalibratePassFX
 
         passes.append(RecalibratePassFX(calibration_data, example_inputs))
+    if finetune is not None and changes_shape:
+        from .passes.finetune import FinetunePassFX
+
+        passes.append(FinetunePassFX(teacher, finetune, steps=finetune_steps, seed=seed,
+                                     example_inputs=example_inputs))
     if _needs_precision(space, design):
         from .passes.precision_fx import PrecisionPassFX
 
@@ -68,9 +75,10 @@ class Applied:
 
 
 def apply_design(model, design: Design, *, example_inputs=None, calibration_data=None, importance: str = "l1",
-                 input_shapes: dict | None = None, recalibrate: bool = True) -> Applied:
-    """Run the width, kernel, recalibration (with calibration data) and precision passes, in that
-    order, and keep the bookkeeping."""
+                 input_shapes: dict | None = None, recalibrate: bool = True, finetune=None,
+                 finetune_steps: int = 200, seed: int = 0) -> Applied:
+    """Run the width, kernel, recalibration (with calibration data), fine-tuning (PyTorch input with
+    ``finetune`` data) and precision passes, in that order, and keep the bookkeeping."""
     if isinstance(design, dict):
         design = Design.from_dict(design)
     if is_torch_module(model):
@@ -83,7 +91,8 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
         design = space.validate(design)
         gm = copy.deepcopy(gm)  # symbolic_trace shares submodules with the user's model
         result = _fx_pipeline(space, design, calibration_data=calibration_data, importance=importance,
-                              example_inputs=example_inputs_for(model, example_inputs), recalibrate=recalibrate)(gm)
+                              example_inputs=example_inputs_for(model, example_inputs), recalibrate=recalibrate,
+                              teacher=model, finetune=finetune, finetune_steps=finetune_steps, seed=seed)(gm)
         return Applied(result.model, space, design, result.changes)
     import onnx
     import onnx_ir as ir
@@ -92,6 +101,9 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
 
     if not isinstance(model, (str, os.PathLike, bytes, bytearray, onnx.ModelProto)):
         raise InputError(f"cannot rewrite a {type(model).__name__}: give an nn.Module, an onnx.ModelProto or a path")
+    if finetune is not None:
+        raise InputError("fine-tuning needs the PyTorch model (ONNX weights cannot be trained here); "
+                         "pass the nn.Module, or drop finetune")
     proto = load_model(model)
     space = build_space(analyze_onnx(proto, input_shapes=input_shapes))
     design = space.validate(design)
@@ -104,17 +116,20 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
 
 
 def apply(model, design: Design, *, example_inputs=None, calibration_data=None, importance: str = "l1",
-          recalibrate: bool = True):
+          recalibrate: bool = True, finetune=None, finetune_steps: int = 200, seed: int = 0):
     """Rewrite ``model`` to ``design``; returns the type it was given.
 
     ``nn.Module`` in -> ``torch.fx.GraphModule`` (an ``nn.Module``) out; ONNX ``ModelProto`` or path
     in -> ``ModelProto`` out. ``importance`` picks the channels a narrowed group keeps: ``"l1"``
     (filter L1 norm, default) or ``"bn"`` (batch-norm scale). With calibration data, narrowed or
     kernel-shrunk models are recalibrated (batch-norm statistics re-estimated; ``recalibrate=False``
-    turns it off) before int8 ranges are calibrated.
+    turns it off) before int8 ranges are calibrated. ``finetune`` (PyTorch input: inputs, or an
+    ``(inputs, labels)`` pair) trains the rewritten module for ``finetune_steps`` steps to match the
+    original's outputs (distillation), deterministically under ``seed``.
     """
     return apply_design(model, design, example_inputs=example_inputs, calibration_data=calibration_data,
-                        importance=importance, recalibrate=recalibrate).model
+                        importance=importance, recalibrate=recalibrate, finetune=finetune,
+                        finetune_steps=finetune_steps, seed=seed).model
 
 
 # --------------------------------------------------------------------------------------------

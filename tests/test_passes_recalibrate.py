@@ -61,3 +61,22 @@ def test_identity_design_is_not_recalibrated(digits, digits_onnx):
     sp = edgepass.design_space(digits_onnx)
     out = edgepass.apply(digits_onnx, sp.identity(), calibration_data=data["calibration"])
     assert edgepass.verify(digits_onnx, out, sp.identity()).ok
+
+
+def test_finetuning_recovers_more_and_is_deterministic(digits):
+    net, data = digits
+    x = (torch.from_numpy(data["x_test"][:1]),)
+    design = edgepass.design_space(net, x).uniform(0.5)
+    recal = edgepass.apply(net, design, example_inputs=x, calibration_data=data["calibration"])
+    runs = [edgepass.apply(net, design, example_inputs=x, calibration_data=data["calibration"],
+                           finetune=data["calibration"], finetune_steps=120, seed=3) for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].state_dict().values(), runs[1].state_dict().values()))
+    assert accuracy(runs[0], data) > accuracy(recal, data) + 0.1
+    assert edgepass.verify(net, runs[0], design, example_inputs=x).ok
+
+
+def test_finetuning_needs_pytorch(digits_onnx, digits):
+    _, data = digits
+    design = edgepass.design_space(digits_onnx).uniform(0.5)
+    with pytest.raises(edgepass.InputError, match="needs the PyTorch model"):
+        edgepass.apply(digits_onnx, design, finetune=data["calibration"])
