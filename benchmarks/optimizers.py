@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, write_json  # noqa: E402
 
-from edgepass.optimize import AmortizedOptimizer, Budget, evolutionary, exhaustive, repair  # noqa: E402
-from edgepass.optimize.population import (QUANTILES, budget_feature, reference_designs,  # noqa: E402
+from edgepass.optimizers import AmortizedOptimizer, Budget, evolutionary, exhaustive, repair  # noqa: E402
+from edgepass.optimizers.population import (QUANTILES, budget_feature, reference_designs,  # noqa: E402
                                           reference_vector, synthetic_devices, training_pairs)
 from edgepass.zoo.spaces import space  # noqa: E402
 

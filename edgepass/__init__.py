@@ -1,18 +1,30 @@
 """edgepass: per-layer width, kernel and precision chosen for a device budget, in one compile step."""
+import importlib
+
 from .api import analyze
 from .errors import (DeviceError, EdgepassError, InfeasibleBudgetError, InputError,
                      UnsupportedModelError)
 from .ir import Graph, Op
+from .rewrite import Verification, VerificationError, apply, verify
+from .space import ChannelGroup, Design, DesignSpace, design_space
+
+from .predict import predict  # noqa: E402  (after the submodule import, so the name is the function)
 
 __version__ = "0.1.0"
 
 __all__ = ["analyze", "Graph", "Op", "EdgepassError", "InputError", "UnsupportedModelError", "DeviceError",
-           "InfeasibleBudgetError", "__version__"]
+           "InfeasibleBudgetError", "design_space", "DesignSpace", "Design", "ChannelGroup", "apply", "verify",
+           "Verification", "VerificationError", "predict", "optimize", "devices", "__version__"]
 
-from .space import ChannelGroup, Design, DesignSpace, design_space  # noqa: E402
+# heavier parts load on first use, so `edgepass --help` and `import edgepass` stay fast
+_SUBPACKAGES = {"zoo", "dataset", "optimizers", "passes", "predictors", "frontends", "calibration"}
 
-__all__ += ["design_space", "DesignSpace", "Design", "ChannelGroup"]
 
-from .rewrite import Verification, VerificationError, apply, verify  # noqa: E402
-
-__all__ += ["apply", "verify", "Verification", "VerificationError"]
+def __getattr__(name):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    if name == "optimize":
+        return importlib.import_module(".optimizers.api", __name__).optimize
+    if name == "devices":  # a callable module: edgepass.devices() lists the database
+        return importlib.import_module(".devices", __name__)
+    raise AttributeError(f"module 'edgepass' has no attribute {name!r}")

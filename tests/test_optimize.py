@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import edgepass
-from edgepass.optimize import (AdditiveProblem, AmortizedOptimizer, Budget, LookupProblem, Term, evolutionary,
+from edgepass.optimizers import (AdditiveProblem, AmortizedOptimizer, Budget, LookupProblem, Term, evolutionary,
                                exhaustive, repair)
-from edgepass.optimize.population import (budget_feature, reference_designs, reference_vector,
+from edgepass.optimizers.population import (budget_feature, reference_designs, reference_vector,
                                           synthetic_devices, training_pairs)
 from edgepass.zoo.spaces import space
 
@@ -129,3 +129,31 @@ def test_amortized_optimizer_learns_and_round_trips(tmp_path):
     assert np.array_equal(a.code, b.code)
     best = exhaustive(sp.problem(lat), Budget(latency_ms=L))
     assert a.feasible and best.accuracy - a.accuracy < 2.0
+
+
+def test_optimize_api_on_nb201(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEPASS_CACHE", str(tmp_path))
+    sp = edgepass.zoo.space("nb201")
+    best = edgepass.optimize(sp, "hwnasbench/raspi4", latency_ms=20.0, method="exhaustive")
+    assert best.feasible and best.latency_ms <= 20.0 and best.design.startswith("nb201:|")
+    evo = edgepass.optimize(sp, "hwnasbench/raspi4", latency_ms=20.0, method="search", seed=1)
+    assert evo.feasible and evo.accuracy <= best.accuracy
+    assert evo.design == edgepass.optimize(sp, "hwnasbench/raspi4", latency_ms=20.0, method="search", seed=1).design
+    am = edgepass.optimize(sp, "hwnasbench/raspi4", latency_ms=20.0)          # trains once, then cached
+    assert am.feasible and am.latency_ms <= 20.0 and best.accuracy - am.accuracy < 3.0
+    assert list(tmp_path.glob("amortized-nb201-*.npz"))
+    again = edgepass.optimize(sp, "hwnasbench/raspi4", latency_ms=20.0)
+    assert again.design == am.design and again.seconds < 1.0
+
+
+def test_optimize_reports_infeasible_budgets():
+    sp = edgepass.zoo.space("nb201")
+    r = edgepass.optimize(sp, "hwnasbench/raspi4", latency_ms=0.001, method="exhaustive")
+    assert not r.feasible and r.latency_ms > 0.001
+    with pytest.raises(edgepass.InfeasibleBudgetError) as err:
+        edgepass.optimize(sp, "hwnasbench/raspi4", latency_ms=0.001, method="exhaustive", strict=True)
+    assert err.value.closest.design == r.design and err.value.exit_code == 3
+    with pytest.raises(edgepass.DeviceError):
+        edgepass.optimize(sp, "anb/a100", latency_ms=5.0)
+    with pytest.raises(edgepass.InputError):
+        edgepass.optimize(sp, "hwnasbench/raspi4", latency_ms=5.0, method="guess")

@@ -11,6 +11,9 @@ module's other names with ``from edgepass.devices.measure import ...``.)
 """
 from __future__ import annotations
 
+import sys as _sys
+import types as _types
+
 from .measure import Measurement, NodeTime, measure  # noqa: I001 -- binds the function over the submodule
 from .database import database_info, devices_table, get_device, list_devices
 from .schema import (
@@ -23,3 +26,13 @@ __all__ = [
     "DATASHEET_FEATURES", "FEATURE_NAMES",
 ]
 
+
+
+class _DevicesModule(_types.ModuleType):
+    """``edgepass.devices()`` is the Python twin of ``edgepass devices``: a list of dicts (id, kind, ...)."""
+
+    def __call__(self, *args, **kwargs):
+        return devices_table(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _DevicesModule

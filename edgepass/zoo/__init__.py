@@ -36,7 +36,7 @@ from ._common import bad
 
 SPACES = {"nb201": nb201, "fbnet": fbnet, "ofa": ofa, "anb": anb, "tv": tv}
 
-__all__ = ["ZooModel", "build", "parse", "spec_from_row", "coverage", "SPACES"]
+__all__ = ["ZooModel", "build", "parse", "spec_from_row", "coverage", "SPACES", "space", "spec"]
 
 
 @dataclass
@@ -140,3 +140,17 @@ def coverage(rows: Iterable[dict], *, build_models: bool = False) -> dict:
         by_space[space][1] += 1
     return {"n": n, "ok": ok, "share": ok / n if n else 0.0,
             "by_space": {k: {"ok": v[0], "n": v[1]} for k, v in by_space.items()}, "failures": failures}
+
+
+def space(name: str = "nb201"):
+    """An enumerable zoo design space with its accuracy table (``"nb201"``): see :mod:`.spaces`."""
+    from .spaces import space as _space
+
+    return _space(name)
+
+
+def spec(code, name: str = "nb201") -> str:
+    """The spec string of one design of a zoo space (its code: one op index per knob)."""
+    from .spaces import spec as _spec
+
+    return _spec(code, name)

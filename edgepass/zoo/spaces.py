@@ -2,7 +2,7 @@
 
 A zoo space is what the optimizers see for a benchmark search space: knobs (6 edges x 5 ops for
 NAS-Bench-201), an accuracy per design, and per-device latency from the training set, as a
-:class:`~edgepass.optimize.problem.LookupProblem`.
+:class:`~edgepass.optimizers.problem.LookupProblem`.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class ZooSpace:
         return out
 
     def problem(self, latency_ms: np.ndarray):
-        from ..optimize.problem import LookupProblem
+        from ..optimizers.problem import LookupProblem
 
         return LookupProblem(self.n_choices, self.accuracy, np.asarray(latency_ms, dtype=np.float64))
 

@@ -7,7 +7,7 @@ forward pass plus the feasibility repair, instead of a search.
 Training imitates the optimum: for sampled (device, budget) pairs the exact optimum (exhaustive
 enumeration on small spaces) or the evolutionary search's best design is the label, and the network
 learns one categorical choice per knob (cross-entropy). Decoding takes the most likely choice per
-knob, then :func:`~edgepass.optimize.search.repair` guarantees the predicted budget (and climbs a
+knob, then :func:`~edgepass.optimizers.search.repair` guarantees the predicted budget (and climbs a
 few one-knob steps), and says so when nothing can meet it.
 
 The device vector is what the caller measures or knows about a device. For benchmark spaces it is
@@ -82,7 +82,7 @@ class AmortizedOptimizer:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                loss_value = float(loss)
+                loss_value = loss.item()
             sched.step()
         self.net.eval()
         return {"pairs": len(pairs), "epochs": epochs, "seconds": time.perf_counter() - t0, "loss": loss_value}
@@ -105,7 +105,7 @@ class AmortizedOptimizer:
         """Most likely choice per knob, for a batch (one forward pass for a whole fleet)."""
         return np.stack([p.argmax(1) for p in self.probabilities(device_vectors, budget_features)], axis=1)
 
-    def optimize(self, problem, budget: Budget, device_vector, budget_feature, *, polish: int = 3,
+    def optimize(self, problem, budget: Budget, device_vector, budget_feature, *, polish: int = 10,
                  reference_accuracy=None) -> SearchResult:
         """One device: forward pass + feasibility repair under ``problem``'s predicted costs."""
         t0 = time.perf_counter()
