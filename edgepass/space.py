@@ -230,6 +230,31 @@ class DesignSpace:
             getattr(full, knob).update(mine)
         return full
 
+    def restrict(self, *, ignore=(), precisions=None) -> "DesignSpace":
+        """A copy without the knobs of ``ignore``d layers (their groups are frozen, like NNCF's ignored
+        scope) and with precision choices limited to ``precisions`` (e.g. what a device supports)."""
+        ignore = set(ignore or ())
+        known = {op.name for op in self.graph.ops()}
+        unknown = sorted(ignore - known)
+        if unknown:
+            raise InputError(f"ignored layer(s) not in the model: {', '.join(unknown[:5])}")
+        groups, frozen = [], list(self.frozen)
+        for g in self.groups:
+            if ignore & {m for m, _ in g.members}:
+                frozen.append(ChannelGroup(g.id, g.width, g.members, [g.width], g.granularity, "ignored by the user"))
+            else:
+                groups.append(g)
+        kernels = {k: v for k, v in self.kernels.items() if k not in ignore}
+        allowed = list(precisions) if precisions is not None else None
+        precs = {}
+        for layer, ps in self.precisions.items():
+            if layer in ignore:
+                continue
+            keep = [p for p in ps if allowed is None or p in allowed or p == self.graph.op(layer).precision]
+            if len(keep) > 1:
+                precs[layer] = keep
+        return DesignSpace(self.graph, groups, frozen, kernels, precs, self.layouts, self.op_layouts)
+
     # -- designs as integer vectors (for optimizers and batched predictors) ----------------
     def knobs(self) -> list[tuple[str, str, list]]:
         """Every knob in a fixed order: ``(knob, key, choices)``, knob in widths | kernels | precisions."""
