@@ -16,6 +16,8 @@ from .errors import EXIT_USAGE, EdgepassError
 COMMANDS = [
     "edgepass.commands.analysis",
     "edgepass.devices.cli",
+    "edgepass.predict",
+    "edgepass.commands.compile",
 ]
 
 

@@ -76,20 +76,85 @@ TV_MODELS = [
     "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "mnasnet0_5", "efficientnet_b0", "googlenet",
 ]
 
-# ------------------------------------------------------------------ design hook (later)
+# ------------------------------------------------------------------ random designs
+#: torchvision CNNs whose random designs are measured (``--designs`` per model).
+DESIGN_MODELS = ["tv:resnet18", "tv:mobilenet_v2", "tv:mobilenet_v3_small", "tv:efficientnet_b0",
+                 "tv:regnet_y_400mf", "tv:squeezenet1_0", "tv:shufflenet_v2_x1_0"]
+_SPACES: dict = {}
+
+
+def _fp32_onnx(spec: str) -> tuple[bytes, tuple]:
+    from edgepass import zoo
+
+    zm = zoo.build(spec)
+    return export_onnx(zm.module, zm.example_inputs), tuple(zm.example_inputs[0].shape)
+
+
+def onnx_space(spec: str):
+    """(fp32 ONNX bytes, input shape, DesignSpace of the ONNX graph) of a zoo spec, cached."""
+    if spec not in _SPACES:
+        import onnx
+
+        from edgepass.frontends.onnx import analyze_onnx
+        from edgepass.space import build_space
+
+        data, shape = _fp32_onnx(spec)
+        _SPACES.clear()
+        _SPACES[spec] = (data, shape, build_space(analyze_onnx(onnx.load_from_string(data))))
+    return _SPACES[spec]
+
+
+def design_precision(design_json: str) -> str:
+    """Row precision of a design: ``int8`` if any layer is int8, else ``fp16`` if any is fp16, else
+    ``fp32`` (the design string has the per-layer truth)."""
+    precs = set(json.loads(design_json).get("precisions", {}).values()) if design_json else set()
+    return "int8" if "int8" in precs else "fp16" if "fp16" in precs else "fp32"
+
+
+def sample_designs(spec: str, n: int, seed: int) -> list[str]:
+    """``n`` random designs of ``spec``: ``space.sample`` (widths, kernels, per-layer precisions);
+    every 3rd one keeps all layers fp32 and every 3rd (offset 1) puts all in int8, so that pure
+    fp32 and pure int8 designs are measured next to mixed ones."""
+    import numpy as np
+
+    space = onnx_space(spec)[2]
+    out = []
+    for i in range(n):
+        d = space.sample(np.random.default_rng([seed, i, len(spec)]))
+        if i % 3 == 0:
+            d.precisions = {k: "fp32" for k in d.precisions}
+        elif i % 3 == 1:
+            d.precisions = {k: "int8" for k in d.precisions}
+        out.append(d.to_json(indent=None))
+    return out
+
+
+def int8_design(spec: str) -> str:
+    """edgepass's own int8 (``space.uniform(1.0, precision="int8")``) as a design string."""
+    return onnx_space(spec)[2].uniform(1.0, precision="int8").to_json(indent=None)
+
+
 #: space -> sampler(spec, rng) -> list of design JSON strings to measure besides the identity.
-#: Empty until the per-layer passes land; see the module docstring.
+#: Filled by main() from --designs (random designs of DESIGN_MODELS).
 DESIGN_SAMPLERS: dict[str, Callable[[str, random.Random], list[str]]] = {}
 
 
-def realize(spec: str, design: str):
-    """(spec, design) -> (torch module, example inputs). Identity design only, for now."""
-    from edgepass import zoo
+def realize(spec: str, design: str) -> tuple[bytes, tuple]:
+    """(spec, design) -> (ONNX bytes, input shape). The identity design is the plain fp32 export;
+    any other design is applied to that export by ``edgepass.apply`` (width, kernel and precision
+    passes; int8 calibrated on seeded random inputs)."""
+    if not design:
+        return _fp32_onnx(spec)
+    from edgepass import apply
+    from edgepass.space import Design
 
-    if design:
-        raise NotImplementedError("random designs need edgepass.passes (width/kernel/precision); see DESIGN_SAMPLERS")
-    zm = zoo.build(spec)
-    return zm.module, zm.example_inputs
+    data, shape, _ = onnx_space(spec)
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = apply(onnx.load_from_string(data), Design.from_json(design))
+    return proto.SerializeToString(), shape
 
 
 # ------------------------------------------------------------------ plan
@@ -98,7 +163,8 @@ def _rows(path: Path):
         yield from csv.DictReader(f)
 
 
-def make_plan(seed: int, n_nb201: int, n_fbnet: int, n_ofa: int, n_anb: int, int8_every: int) -> list[tuple[str, str, str]]:
+def make_plan(seed: int, n_nb201: int, n_fbnet: int, n_ofa: int, n_anb: int, int8_every: int,
+              n_designs: int = 0, remeasure_int8: int = 0) -> list[tuple[str, str, str]]:
     """Deterministic list of (spec, design, precision), spaces interleaved so that a time-limited
     run still covers every space."""
     from edgepass import zoo
@@ -124,6 +190,24 @@ def make_plan(seed: int, n_nb201: int, n_fbnet: int, n_ofa: int, n_anb: int, int
                 out.append((spec, design, "fp32"))
                 if space == "tv" or i % int8_every == 0:
                     out.append((spec, design, "int8"))
+    if n_designs:
+        jobs["tvdesign"] = []
+        for spec in DESIGN_MODELS:
+            for d in sample_designs(spec, n_designs, seed):
+                jobs["tvdesign"].append((spec, d, design_precision(d)))
+        # round-robin over the models so a time-limited run covers all of them
+        per = [jobs["tvdesign"][i * n_designs:(i + 1) * n_designs] for i in range(len(DESIGN_MODELS))]
+        jobs["tvdesign"] = [p[i] for i in range(n_designs) for p in per]
+    if remeasure_int8:
+        # re-measure int8 with edgepass's own precision pass (uniform int8 design): the naive
+        # whole-model quantize_static rows are kept, these get the design string
+        redo = []
+        for space, lst in list(jobs.items()):
+            if space == "tvdesign":
+                continue
+            cands = [spec for spec, d, p in lst if p == "int8" and not d]
+            redo += [(space, spec) for spec in cands[: max(remeasure_int8 // 5, 26 if space == "tv" else 0)]]
+        jobs["int8pass"] = [(spec, "int8pass", "int8") for _, spec in redo]
     # interleave proportionally
     plan: list[tuple[str, str, str]] = []
     cursors = {s: 0 for s in jobs}
@@ -270,6 +354,10 @@ def main(argv=None) -> int:
     ap.add_argument("--int8-every", type=int, default=2, help="int8 for every k-th architecture (all tv models)")
     ap.add_argument("--profile-every", type=int, default=8, help="per-node times for every k-th fp32 model")
     ap.add_argument("--limit", type=int, default=0, help="measure at most this many new models (testing)")
+    ap.add_argument("--designs", type=int, default=0,
+                    help="random designs per torchvision model of DESIGN_MODELS (fp32/int8/mixed, at 1 and 2 threads)")
+    ap.add_argument("--remeasure-int8", type=int, default=0,
+                    help="re-measure about this many int8 architectures with edgepass's own precision pass")
     ap.add_argument("--dry-run", action="store_true", help="print the plan size and exit")
     ap.add_argument("--write-devices", action="store_true",
                     help="only profile this machine and write the local/cpu-ort-{1,2}t device files")
@@ -290,7 +378,8 @@ def main(argv=None) -> int:
     from edgepass.devices.measure import measure
 
     torch.set_num_threads(1)  # building/exporting must not fight the timed sessions for cores
-    plan = make_plan(args.seed, args.nb201, args.fbnet, args.ofa, args.anb, args.int8_every)
+    plan = make_plan(args.seed, args.nb201, args.fbnet, args.ofa, args.anb, args.int8_every,
+                     args.designs, args.remeasure_int8)
     if args.dry_run:
         from collections import Counter
         print(len(plan), Counter((s.split(":")[0].split("@")[0], p) for s, _, p in plan))
@@ -306,6 +395,7 @@ def main(argv=None) -> int:
         "sessions": [], "failures": []}
     done = {(r["spec"], r["design"], r["precision"]) for r in rows}
     done |= {tuple(f["key"]) for f in meta["failures"]}
+    done |= {(spec, "int8pass", "int8") for spec in meta.get("int8pass", [])}
     todo = [j for j in plan if j not in done]
     if args.limit:
         todo = todo[: args.limit]
@@ -333,14 +423,20 @@ def main(argv=None) -> int:
                 bar.set_postfix_str(f"{spec[:28]} {precision}")
                 key = f"{spec}|{design}"
                 try:
-                    if key not in cache:
-                        module, example = realize(spec, design)
-                        cache.clear()
-                        cache[key] = (export_onnx(module, example), tuple(example[0].shape))
-                    fp32, shape = cache[key]
-                    model = fp32 if precision == "fp32" else quantize_int8(fp32, shape, Path(tmpdir))
+                    if design == "int8pass":  # resolved lazily: needs the model's design space
+                        meta.setdefault("int8pass", []).append(spec)
+                        design = int8_design(spec)
+                        model, shape = realize(spec, design)
+                    elif design:
+                        model, shape = realize(spec, design)
+                    else:
+                        if key not in cache:
+                            cache.clear()
+                            cache[key] = realize(spec, design)
+                        fp32, shape = cache[key]
+                        model = fp32 if precision == "fp32" else quantize_int8(fp32, shape, Path(tmpdir))
                     for threads in (1, 2):
-                        prof = (threads == 1 and precision == "fp32" and plan_index[(spec, design, precision)] % args.profile_every == 0)
+                        prof = (threads == 1 and precision == "fp32" and plan_index.get((spec, design, precision), 1) % args.profile_every == 0)
                         m = measure(model, threads=threads, runs=RUNS, warmup=WARMUP, profile=prof)
                         rows.append({"device": DEVICE_BY_THREADS[threads], "spec": spec, "design": design,
                                      "precision": precision, "threads": threads,

@@ -1,0 +1,551 @@
+"""Kernel-level, device-conditioned latency predictor (with few-shot device adaptation).
+
+Model
+-----
+Every IR op gets a feature vector (:mod:`edgepass.predictors.features`: kind, log MACs, log bytes
+read/written, log params, kernel, stride, grouped/depthwise, channels, spatial size, precision).
+Every device gets a vector ``z = [datasheet features (Device.features), profiler-signature summary,
+embedding e]`` where ``e = P z_datasheet + r_device``: a linear map of the datasheet vector plus a
+learned per-device residual (zero for a device never seen, fitted from a few measurements by
+:func:`fit_device`). An MLP maps ``[op features, z]`` to ``log(op latency)``; a model's latency is
+
+    latency = sum_ops exp(MLP(op, z)) + exp(overhead(z))            (per-graph overhead)
+
+and a device fitted from measurements adds a correction in log space, ``a + b * log(latency)``.
+
+Public data only gives whole-model latency, so the per-op MLP is trained end to end on sums: per
+minibatch the (op, device) pairs of its rows are evaluated once, exponentiated, multiplied by the op
+counts and ``index_add``-ed per row; the loss is the squared error of ``log(sum)`` vs
+``log(measured)``, devices balanced (weight ~ 1/sqrt(rows of the device)).
+
+Why this family (measured, ``scripts/train_latency.py --compare --minutes 3``, 10 % of the graphs
+held out, 2,740 test rows of trained devices, shared 2-core CPU while other jobs ran):
+
+===============================================  ============  ===========  ================  =======
+model                                            within +-10%  median err   CPU within +-10%  train s
+===============================================  ============  ===========  ================  =======
+HistGradientBoosting, log target, graph summary  0.787         3.9 %        0.421             69
+summed per-op MLP (this module; 524 steps)       0.585         8.2 %        0.208             180
+===============================================  ============  ===========  ================  =======
+
+So on architectures of devices it was trained on, a whole-graph gradient-boosted model is *more*
+accurate than the summed MLP at that training budget -- the simple thing wins there. The MLP is
+kept because only a per-op model meets the rest of the brief: per-layer latencies, exact sums over
+a :class:`LatencyTable` (>= 10k designs/s needs additivity), training on whole-model sums with per-op
+outputs, graphs outside the trained spaces (user models, designs), and a device embedding that a few
+measurements can fit. The benchmark (``benchmarks/predictors.py``) prints the least-squares FLOPs
+baseline next to it on every figure. The inference side is plain numpy (float64), so loading the
+artifact needs no torch.
+
+API (stable)
+------------
+* :func:`load_model` -> :class:`LatencyModel` (cached; artifact ``edgepass/data/predictors/latency.npz``)
+* :func:`predict(graph, device) -> Estimate` (per-op rows + total)
+* :func:`predict_latency(graph, device) -> float` (ms)
+* :class:`LatencyTable(space, device)` with ``predict(codes) -> ndarray`` and ``predict_design(design)``
+* :func:`fit_device(pairs, name=..., base=None) -> Device` (few-shot adaptation; the fit is stored in
+  ``device.provenance["latency_fit"]``)
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import math
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .base import Estimate, LayerEstimate
+from .features import N_OP, graph_matrix, op_features
+
+ARTIFACT = ("data", "predictors", "latency.npz")
+FORMAT = "edgepass.latency-mlp/1"
+#: profiler-signature entries summarised into the device vector (log1p ms + a missing flag each)
+SIGNATURE_KEYS = ("conv_k3_s1_c64x64_h28_fp32", "conv_k1_s1_c64x64_h28_fp32", "dwconv_k3_s1_c192_h28_fp32",
+                  "linear_1280x1000_fp32", "add_c64_h56_fp32", "conv_k3_s1_c64x64_h28_int8", "net_nb201a_fp32",
+                  "net_mbv2wd4_fp32")
+FIT_KEY = "latency_fit"
+
+
+# ---------------------------------------------------------------------- device vectors
+def device_raw_vector(device) -> np.ndarray:
+    """Datasheet features (Device.features) + signature summary, unnormalised."""
+    v = list(device.features())
+    for k in SIGNATURE_KEYS:
+        x = device.signature.get(k)
+        v += [0.0, 1.0] if x is None else [math.log1p(float(x)), 0.0]
+    return np.asarray(v, dtype=np.float64)
+
+
+def device_precision(device) -> str | None:
+    """Precision a device runs weighted layers in when it has no fp32 (int8-only NPUs/TFLite int8
+    columns, fp16-only GPUs): their public latencies were measured that way, so fp32 layers of a
+    graph are predicted in that precision. None when the device runs fp32."""
+    precs = tuple(getattr(device, "precisions", ()) or ())
+    if not precs or "fp32" in precs:
+        return None
+    return "int8" if "int8" in precs else precs[0]
+
+
+def _resolve_device(device):
+    from edgepass.devices import get_device
+
+    return get_device(device)
+
+
+# ---------------------------------------------------------------------- the model (numpy inference)
+class LatencyModel:
+    """Trained weights + device table; numpy float64 inference."""
+
+    def __init__(self, arrays: dict, header: dict):
+        self.header = header
+        self.a = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
+        self.devices = list(header["devices"])
+        self.dev_index = {d: i for i, d in enumerate(self.devices)}
+        self.n_layers = int(header["n_layers"])
+        self.version = header.get("version", "")
+
+    # -- persistence ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "LatencyModel":
+        if path is None:
+            data = resources.files("edgepass").joinpath(*ARTIFACT).read_bytes()
+        else:
+            data = Path(path).read_bytes()
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k != "header"}
+            header = json.loads(bytes(z["header"]).decode())
+        if header.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} artifact")
+        return cls(arrays, header)
+
+    def save(self, path: str | Path) -> None:
+        buf = io.BytesIO()
+        arrays = {k: v.astype(np.float32) for k, v in self.a.items()}
+        np.savez_compressed(buf, header=np.frombuffer(json.dumps(self.header).encode(), dtype=np.uint8), **arrays)
+        Path(path).write_bytes(buf.getvalue())
+
+    # -- device vector ----------------------------------------------------------------------
+    def device_state(self, device) -> dict:
+        """``{"z": device vector, "a": log offset, "b": log scale, "source": ...}`` for a Device."""
+        dev = _resolve_device(device)
+        raw = device_raw_vector(dev)
+        fit = dev.provenance.get(FIT_KEY) if isinstance(dev.provenance, dict) else None
+        if fit and fit.get("model") == self.version:
+            r = np.asarray(fit["residual"], dtype=np.float64)
+            return {"z": self.z_from(raw, r), "a": float(fit.get("log_offset", 0.0)),
+                    "b": float(fit.get("log_scale", 1.0)), "source": "few-shot fit"}
+        i = self.dev_index.get(dev.id)
+        if i is None:
+            for alias in dev.aliases:
+                i = self.dev_index.get(alias)
+                if i is not None:
+                    break
+        if i is not None:
+            return {"z": self.z_from(raw, self.a["R"][i]), "a": 0.0, "b": 1.0, "source": "trained device"}
+        return {"z": self.z_from(raw, np.zeros(self.a["R"].shape[1])), "a": 0.0, "b": 1.0,
+                "source": "device features only (never measured: expect large errors; fit it with a few measurements)"}
+
+    def z_from(self, raw: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        dn = (raw - self.a["dev_mu"]) / self.a["dev_sd"]
+        e = dn @ self.a["P"] + residual
+        return np.concatenate([dn, e])
+
+    # -- forward ----------------------------------------------------------------------------
+    def op_log_latency(self, X: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """log(ms) per op row of the raw feature matrix ``X`` (n x N_OP) on device vector ``z``."""
+        if len(X) == 0:
+            return np.zeros(0)
+        h = (np.asarray(X, dtype=np.float64) - self.a["op_mu"]) / self.a["op_sd"]
+        W0 = self.a["W0"]
+        nx = h.shape[1]
+        h = h @ W0[:nx] + (z @ W0[nx:] + self.a["b0"])
+        h = np.maximum(h, 0.0)
+        for i in range(1, self.n_layers):
+            h = h @ self.a[f"W{i}"] + self.a[f"b{i}"]
+            if i < self.n_layers - 1:
+                h = np.maximum(h, 0.0)
+        return h[:, 0]
+
+    def overhead_log(self, z: np.ndarray) -> float:
+        return float(z @ self.a["ov_w"] + self.a["ov_b"][0])
+
+    def op_latency(self, X: np.ndarray, state: dict) -> np.ndarray:
+        """Per-op latency (ms) including the device's log-space correction's scale share."""
+        return np.exp(self.op_log_latency(X, state["z"]))
+
+    @staticmethod
+    def correct(total_ms, state: dict):
+        """Apply the few-shot log-space correction ``exp(a) * total^b`` (identity for trained devices)."""
+        if state["a"] == 0.0 and state["b"] == 1.0:
+            return total_ms
+        return np.exp(state["a"] + state["b"] * np.log(np.maximum(total_ms, 1e-9)))
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str | None) -> LatencyModel:
+    return LatencyModel.load(path)
+
+
+def load_model(path: str | Path | None = None) -> LatencyModel:
+    """The shipped latency model (cached after the first call)."""
+    return _load_cached(str(path) if path is not None else None)
+
+
+# ---------------------------------------------------------------------- predict
+def _graph_total(model: LatencyModel, X: np.ndarray, state: dict) -> tuple[float, np.ndarray, float]:
+    per_op = model.op_latency(X, state)
+    ov = math.exp(model.overhead_log(state["z"]))
+    raw = float(per_op.sum() + ov)
+    return raw, per_op, ov
+
+
+def predict(graph, device, *, model: LatencyModel | None = None) -> Estimate:
+    """Latency of an IR graph on a device: per-op rows (scaled so they sum to the total with the
+    per-graph overhead as its own row) and the total in ms."""
+    m = model or load_model()
+    dev = _resolve_device(device)
+    state = m.device_state(dev)
+    X, ops = graph_matrix(graph, device_precision(dev))
+    raw, per_op, ov = _graph_total(m, X, state)
+    total = float(m.correct(raw, state))
+    scale = total / raw if raw > 0 else 1.0
+    layers = [LayerEstimate(name=op.name, kind=op.kind, latency_ms=float(t * scale), macs=int(op.macs),
+                            precision=op.precision) for op, t in zip(ops, per_op)]
+    layers.append(LayerEstimate(name="(per-graph overhead)", kind="overhead", latency_ms=float(ov * scale)))
+    notes = [f"latency: kernel-level MLP ({m.version}), device vector from {state['source']}"]
+    return Estimate(device=dev.id, latency_ms=total, layers=layers, notes=notes)
+
+
+def predict_latency(graph, device, *, model: LatencyModel | None = None) -> float:
+    """Total predicted latency (ms) of an IR graph."""
+    m = model or load_model()
+    dev = _resolve_device(device)
+    state = m.device_state(dev)
+    X, _ = graph_matrix(graph, device_precision(dev))
+    return float(m.correct(_graph_total(m, X, state)[0], state))
+
+
+def predict_many(graphs: Iterable, device, *, model: LatencyModel | None = None) -> np.ndarray:
+    """Totals (ms) for several graphs on one device (one MLP pass over their stacked ops)."""
+    m = model or load_model()
+    dev = _resolve_device(device)
+    state = m.device_state(dev)
+    mats = [graph_matrix(g, device_precision(dev))[0] for g in graphs]
+    return predict_matrices(mats, state, m)
+
+
+def predict_matrices(mats: list, state: dict, m: LatencyModel) -> np.ndarray:
+    if not mats:
+        return np.zeros(0)
+    X = np.concatenate(mats)
+    per = m.op_latency(X, state)
+    idx = np.repeat(np.arange(len(mats)), [len(x) for x in mats])
+    tot = np.bincount(idx, weights=per, minlength=len(mats)) + math.exp(m.overhead_log(state["z"]))
+    return np.asarray(m.correct(tot, state), dtype=np.float64)
+
+
+# ---------------------------------------------------------------------- design-space tables
+MAX_COMBOS = 20_000
+
+
+def _design_op(space, op, widths: dict, kernel: int | None, precision: str | None):
+    """The op as :meth:`DesignSpace.design_graph` would produce it (same code path, one op)."""
+    import copy
+
+    from edgepass.ir import compute_costs
+
+    def new_shape(t):
+        shape = space.graph.graph["tensors"].get(t)
+        lay = space.layouts.get(t)
+        if shape is None or lay is None:
+            return shape
+        axis, segs = lay
+        shape = list(shape)
+        shape[axis] = sum(widths.get(gid, size) * rep for gid, size, rep in segs)
+        return tuple(shape)
+
+    o = copy.copy(op)
+    o.attrs = dict(op.attrs)
+    o.in_shapes = [new_shape(t) or s for t, s in zip(op.inputs, op.in_shapes)]
+    o.out_shapes = [new_shape(t) or s for t, s in zip(op.outputs, op.out_shapes)]
+    a = o.attrs
+    if o.kind == "conv":
+        cin_old, g_old = op.attrs["in_channels"], op.attrs["groups"]
+        a["in_channels"], a["out_channels"] = o.in_shapes[0][1], o.out_shapes[0][1]
+        if g_old > 1:
+            a["groups"] = a["in_channels"] if g_old == cin_old else a["in_channels"] // (cin_old // g_old)
+        if kernel is not None and kernel != op.attrs["kernel"][0]:
+            a["kernel"] = (kernel, kernel)
+    elif o.kind == "linear":
+        a["in_features"] = int(np.prod(o.in_shapes[0][-1:]))
+        a["out_features"] = o.out_shapes[0][-1]
+    elif o.kind in ("batchnorm", "layernorm") and space.layouts.get(op.outputs[0]):
+        axis = space.layouts[op.outputs[0]][0]
+        a["channels"] = o.out_shapes[0][axis]
+    if precision is not None:
+        o.precision = precision
+    compute_costs(o)
+    return o
+
+
+class LatencyTable:
+    """Per-op latency of every relevant knob combination of a design space on one device, so that a
+    batch of encoded designs (``space.encode``) is scored with array lookups and sums.
+
+    An op's latency depends only on the widths of the channel groups its tensors carry, its own
+    kernel and its own precision: those combinations are enumerated per op, predicted in one MLP
+    batch, and ops with the same knob set share one summed table.
+    """
+
+    def __init__(self, space, device, *, model: LatencyModel | None = None):
+        self.space = space
+        self.model = m = model or load_model()
+        self.device = _resolve_device(device)
+        self.state = m.device_state(self.device)
+        dprec = device_precision(self.device)
+        knobs = space.knobs()
+        self.knobs = knobs
+        kidx = {(k, key): i for i, (k, key, _) in enumerate(knobs)}
+        offered = {g.id for g in space.groups}
+        ident = space.identity()
+        per_set: dict[tuple, list] = {}
+        mats, owners = [], []
+        for op in space.graph.ops():
+            gids = []
+            for t in list(op.inputs) + list(op.outputs):
+                lay = space.layouts.get(t)
+                if lay is None or space.graph.graph["tensors"].get(t) is None:
+                    continue
+                for gid, _size, _rep in lay[1]:
+                    if gid in offered and gid not in gids:
+                        gids.append(gid)
+            ks = [kidx[("widths", g)] for g in gids]
+            if op.name in space.kernels:
+                ks.append(kidx[("kernels", op.name)])
+            if op.name in space.precisions:
+                ks.append(kidx[("precisions", op.name)])
+            ks = sorted(ks)
+            sizes = [len(knobs[k][2]) for k in ks]
+            n = int(np.prod(sizes)) if sizes else 1
+            if n > MAX_COMBOS:
+                raise ValueError(f"op {op.name} has {n} knob combinations (> {MAX_COMBOS})")
+            rows = []
+            for combo in itertools.product(*[range(s) for s in sizes]):
+                widths = dict(ident.widths)
+                kernel = ident.kernels.get(op.name)
+                prec = ident.precisions.get(op.name)
+                for k, c in zip(ks, combo):
+                    knob, key, choices = knobs[k]
+                    if knob == "widths":
+                        widths[key] = choices[c]
+                    elif knob == "kernels":
+                        kernel = choices[c]
+                    else:
+                        prec = choices[c]
+                rows.append(op_features(_design_op(space, op, widths, kernel, prec), dprec))
+            mats.append(np.stack(rows))
+            owners.append((tuple(ks), tuple(sizes)))
+        X = np.concatenate(mats)
+        lat = m.op_latency(X, self.state)
+        pos = 0
+        for (ks, sizes), mat in zip(owners, mats):
+            t = lat[pos:pos + len(mat)]
+            pos += len(mat)
+            if ks in per_set:
+                per_set[ks][1] += t
+            else:
+                per_set[ks] = [sizes, t.copy()]
+        self.constant = float(sum(t.sum() for ks, (s, t) in per_set.items() if not ks))
+        self.constant += math.exp(m.overhead_log(self.state["z"]))
+        self.tables = []  # (knob indices, strides, flat table)
+        for ks, (sizes, t) in per_set.items():
+            if not ks:
+                continue
+            strides = np.cumprod([1] + list(sizes[::-1]))[:-1][::-1].astype(np.int64)
+            self.tables.append((np.asarray(ks, dtype=np.int64), strides, t))
+        self.n_ops = len(mats)
+
+    def predict_raw(self, codes: np.ndarray) -> np.ndarray:
+        codes = np.asarray(codes, dtype=np.int64)
+        if codes.ndim == 1:
+            codes = codes[None]
+        out = np.full(len(codes), self.constant, dtype=np.float64)
+        for ks, strides, t in self.tables:
+            out += t[codes[:, ks] @ strides]
+        return out
+
+    def predict(self, codes: np.ndarray) -> np.ndarray:
+        """Predicted latency (ms) per row of ``codes`` (n_designs x n_knobs, from ``space.encode``)."""
+        return np.asarray(self.model.correct(self.predict_raw(codes), self.state), dtype=np.float64)
+
+    def predict_design(self, design) -> float:
+        return float(self.predict(self.space.encode(design)[None])[0])
+
+
+# ---------------------------------------------------------------------- few-shot adaptation
+def _graph_of(model_ref):
+    """Graph of a CSV ``model`` cell: a zoo spec or an ONNX path."""
+    from edgepass import zoo
+    from edgepass.errors import InputError
+
+    text = str(model_ref).strip()
+    if text.endswith(".onnx") or Path(text).is_file():
+        from edgepass.api import analyze
+
+        if not Path(text).is_file():
+            raise InputError(f"ONNX file not found: {text}")
+        return analyze(text)
+    from edgepass.dataset import features
+
+    try:
+        f = features(text)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"cannot build model {text!r}: {exc}") from None
+    return f
+
+
+def model_matrix(model_ref, precision: str | None = None) -> np.ndarray:
+    """Op feature matrix of a zoo spec (via the cached dataset features), ONNX path or IR graph."""
+    from edgepass.ir import Graph
+
+    from .features import row_features
+
+    if isinstance(model_ref, Graph):
+        return graph_matrix(model_ref, precision)[0]
+    g = _graph_of(model_ref)
+    if isinstance(g, dict):
+        return np.stack([row_features(r, precision) for r in g["ops"]])
+    return graph_matrix(g, precision)[0]
+
+
+def fit_state(m: LatencyModel, mats: list, y: np.ndarray, raw: np.ndarray, *, steps: int = 200,
+              ridge: float = 1.0, fit_scale: bool = True) -> dict:
+    """Fit the device residual r (embedding), a log offset and (optionally) a log scale to k
+    measured totals ``y`` (ms) of the op matrices ``mats``. Returns the fit dict."""
+    import torch
+
+    a = m.a
+    E = a["R"].shape[1]
+    dn = torch.tensor((raw - a["dev_mu"]) / a["dev_sd"])
+    X = torch.tensor((np.concatenate(mats) - a["op_mu"]) / a["op_sd"])
+    seg = torch.tensor(np.repeat(np.arange(len(mats)), [len(x) for x in mats]))
+    Ws = [torch.tensor(a[f"W{i}"]) for i in range(m.n_layers)]
+    bs = [torch.tensor(a[f"b{i}"]) for i in range(m.n_layers)]
+    P, ovw, ovb = torch.tensor(a["P"]), torch.tensor(a["ov_w"]), torch.tensor(a["ov_b"])
+    ly = torch.tensor(np.log(y))
+    r = torch.zeros(E, dtype=torch.float64, requires_grad=True)
+    off = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    lsc = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    params = [r, off] + ([lsc] if fit_scale else [])
+    opt = torch.optim.Adam(params, lr=0.05)
+    nx = X.shape[1]
+
+    def total():
+        z = torch.cat([dn, dn @ P + r])
+        h = torch.relu(X @ Ws[0][:nx] + (z @ Ws[0][nx:] + bs[0]))
+        for i in range(1, m.n_layers):
+            h = h @ Ws[i] + bs[i]
+            if i < m.n_layers - 1:
+                h = torch.relu(h)
+        per = torch.exp(h[:, 0])
+        tot = torch.zeros(len(mats), dtype=torch.float64).index_add(0, seg, per) + torch.exp(z @ ovw + ovb[0])
+        return torch.log(tot)
+
+    k = len(mats)
+    for _ in range(steps):
+        opt.zero_grad()
+        lt = total()
+        pred = off + (1 + lsc) * lt
+        loss = ((pred - ly) ** 2).mean() + ridge / max(k, 1) * (r ** 2).sum() * 0.1 + 0.05 * lsc ** 2
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        lt = total()
+        pred = off + (1 + lsc) * lt
+        rmse = float(((pred - ly) ** 2).mean().sqrt())
+    return {"model": m.version, "residual": [float(v) for v in r.detach().numpy()],
+            "log_offset": float(off.detach()), "log_scale": float(1 + lsc.detach()), "k": int(k),
+            "fit_rmse_log": round(rmse, 5)}
+
+
+def read_measurements(path: str | Path) -> list[tuple[str, float]]:
+    """CSV with columns ``model,latency_ms`` -> [(model, ms)]."""
+    import csv
+
+    from edgepass.errors import InputError
+
+    p = Path(path)
+    try:
+        with open(p, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as exc:
+        raise InputError(f"cannot read {p}: {exc.strerror or exc}") from None
+    if not rows or not {"model", "latency_ms"} <= set(rows[0]):
+        raise InputError(f"{p}: expected a CSV with columns model,latency_ms")
+    out = []
+    for i, r in enumerate(rows, 2):
+        try:
+            v = float(r["latency_ms"])
+        except (TypeError, ValueError):
+            raise InputError(f"{p}:{i}: latency_ms {r['latency_ms']!r} is not a number") from None
+        if not v > 0:
+            raise InputError(f"{p}:{i}: latency_ms must be > 0")
+        out.append((r["model"].strip(), v))
+    return out
+
+
+def fit_device(pairs, *, name: str = "fitted-device", base=None, device_id: str | None = None,
+               model: LatencyModel | None = None, precision: str | None = None):
+    """Few-shot adaptation: ``pairs`` = [(model, latency_ms)] measured on a new device (model: zoo
+    spec, ONNX path or IR Graph), or a CSV path with columns ``model,latency_ms``. ``base``: a Device
+    (or id/path) whose datasheet/kind/runtime describe the new device, if known. Returns a Device whose
+    ``provenance["latency_fit"]`` holds the fitted embedding residual and log-space correction."""
+    from edgepass.devices.schema import Device
+    from edgepass.errors import InputError
+
+    if isinstance(pairs, (str, Path)):
+        pairs = read_measurements(pairs)
+    pairs = list(pairs)
+    if len(pairs) < 2:
+        raise InputError("fit_device needs at least 2 measured models")
+    m = model or load_model()
+    if precision is None and base is not None:
+        precision = device_precision(_resolve_device(base))
+    mats = [model_matrix(ref, precision) for ref, _ in pairs]
+    y = np.asarray([float(v) for _, v in pairs])
+    if base is not None:
+        bdev = _resolve_device(base)
+        data = bdev.to_dict()
+    else:
+        data = {"schema": "edgepass.device/1", "kind": "cpu", "runtime": "unknown", "precisions": ["fp32"],
+                "notes": ""}
+    slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in name.lower()).strip("-") or "device"
+    data.update(id=device_id or f"user/{slug}", name=name, signature=data.get("signature", {}),
+                aliases=[], n_measurements=len(pairs), measurements={})
+    raw = device_raw_vector(Device.from_dict({**data, "provenance": {"source": "user", "licence": "user",
+                                                                      "kind": "measured"}}))
+    fit = fit_state(m, mats, y, raw, fit_scale=len(pairs) >= 5)
+    fit["models"] = [str(ref) if not hasattr(ref, "graph") else "graph" for ref, _ in pairs]
+    data["provenance"] = {"source": "edgepass device fit", "licence": "user", "kind": "measured",
+                          FIT_KEY: fit}
+    data["notes"] = (data.get("notes") or "") + (f" Latency predictor adapted from {len(pairs)} measured models "
+                                                 f"(edgepass device fit; log-RMSE on them {fit['fit_rmse_log']}).")
+    data["notes"] = data["notes"].strip()
+    return Device.from_dict(data, origin="fitted device")
+
+
+def artifact_sha() -> str:
+    data = resources.files("edgepass").joinpath(*ARTIFACT).read_bytes()
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+__all__ = ["LatencyModel", "LatencyTable", "load_model", "predict", "predict_latency", "predict_many",
+           "fit_device", "fit_state", "read_measurements", "model_matrix", "device_raw_vector"]

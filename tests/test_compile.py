@@ -1,0 +1,99 @@
+"""edgepass.compile and `edgepass compile`: end to end on the bundled digits CNN, build-system behaviour."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import edgepass
+from edgepass.cli import main
+from edgepass.compile import compile_with_report, report_of
+from edgepass.demo import DEMO_DATA, DigitsNet, demo_path
+
+DEVICE = "local/cpu-ort-1t"
+
+
+@pytest.fixture(scope="module")
+def base_ms(digits_onnx):
+    return edgepass.predict(str(digits_onnx), DEVICE).latency_ms
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return str(demo_path(DEMO_DATA))
+
+
+def test_compile_onnx_meets_budget_and_verifies(digits_onnx, base_ms, calib):
+    out, report, feasible = compile_with_report(str(digits_onnx), DEVICE, latency_ms=0.7 * base_ms,
+                                                method="search", calibration_data=calib, measure=False)
+    assert feasible and report.verified
+    assert isinstance(out, onnx.ModelProto)
+    assert report.predicted["latency_ms"][1] <= 0.7 * base_ms
+    onnx.checker.check_model(out, full_check=True)
+    stored = report_of(out)
+    assert stored["design"] == report.design and "seconds" not in stored
+    assert edgepass.verify(str(digits_onnx), out, edgepass.Design.from_dict(stored["design"])).ok
+
+
+def test_compile_is_deterministic(digits_onnx, base_ms, calib):
+    runs = [edgepass.compile(str(digits_onnx), DEVICE, latency_ms=0.7 * base_ms, method="search",
+                             calibration_data=calib, measure=False) for _ in range(2)]
+    assert runs[0].SerializeToString() == runs[1].SerializeToString()
+
+
+def test_compile_pytorch_returns_a_module_with_report(base_ms):
+    data = np.load(str(demo_path(DEMO_DATA)))
+    net = DigitsNet()
+    net.load_state_dict(torch.load(str(demo_path("digits_cnn.pt"))))
+    net.eval()
+    x = (torch.from_numpy(data["x_test"][:1]),)
+    out = edgepass.compile(net, DEVICE, latency_ms=0.8 * base_ms, example_inputs=x, method="search",
+                           calibration_data=data["calibration"])
+    assert isinstance(out, torch.nn.Module) and out.report.verified
+    with torch.no_grad():
+        assert out(torch.from_numpy(data["x_test"][:4])).shape == (4, 10)
+
+
+def test_ignore_keeps_layers_untouched(digits_onnx, base_ms, calib):
+    out, report, _ = compile_with_report(str(digits_onnx), DEVICE, latency_ms=0.7 * base_ms, method="search",
+                                         calibration_data=calib, ignore=["down.0"], measure=False)
+    row = next(r for r in report.layers if r.name == "down.0")
+    assert row.before == row.after
+
+
+def test_cli_compile_check_and_errors(tmp_path, digits_onnx, base_ms, calib, capsys):
+    src = tmp_path / "in.onnx"
+    src.write_bytes(digits_onnx.read_bytes())
+    before = src.read_bytes()
+    dst, rep = tmp_path / "out.onnx", tmp_path / "r.json"
+    args = [str(src), str(dst), "--device", DEVICE, "--latency-ms", str(0.7 * base_ms), "--method", "search",
+            "--calibration", calib, "--report", str(rep)]
+    assert main(["compile", *args]) == 0
+    assert "latency (predicted)" in capsys.readouterr().out
+    assert dst.exists() and json.loads(rep.read_text())["verified"]
+    assert src.read_bytes() == before
+    assert main(["compile", str(src), str(dst), "--device", DEVICE, "--check"]) == 0
+    # errors: one line each, documented exit codes, nothing written
+    assert main(["compile", str(src), str(src), "--device", DEVICE, "--latency-ms", "1"]) == 2
+    assert main(["compile", str(src), str(tmp_path / "no" / "o.onnx"), "--device", DEVICE, "--latency-ms", "1"]) == 2
+    assert main(["compile", str(src), str(tmp_path / "o.onnx"), "--device", "no/such-device", "--latency-ms", "1"]) == 5
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    assert main(["compile", str(bad), str(tmp_path / "o.onnx"), "--device", DEVICE, "--latency-ms", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "refusing to overwrite the input" in err and "unknown device" in err
+    assert not (tmp_path / "o.onnx").exists()
+    assert src.read_bytes() == before
+
+
+def test_impossible_budget_exit_3_writes_closest(tmp_path, digits_onnx, calib, capsys):
+    dst = tmp_path / "out.onnx"
+    code = main(["compile", str(digits_onnx), str(dst), "--device", DEVICE, "--latency-ms", "0.00001",
+                 "--method", "search", "--calibration", calib, "--json"])
+    assert code == 3 and dst.exists()
+    assert json.loads(capsys.readouterr().out)["feasible"] is False
+    with pytest.raises(edgepass.InfeasibleBudgetError):
+        edgepass.compile(str(digits_onnx), DEVICE, latency_ms=0.00001, method="search", calibration_data=calib)

@@ -1,0 +1,130 @@
+"""Latency predictor: artifact, predictions, LatencyTable, few-shot fit, CLI (small slices, < 60 s)."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from edgepass.cli import main
+from edgepass.predictors import latency as L
+
+
+class Small(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.b1 = torch.nn.BatchNorm2d(32)
+        self.c2 = torch.nn.Conv2d(32, 64, 5, padding=2, stride=2)
+        self.b2 = torch.nn.BatchNorm2d(64)
+        self.c3 = torch.nn.Conv2d(64, 64, 3, padding=1, groups=64)
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.relu(self.b2(self.c2(x)))
+        x = torch.relu(self.c3(x)) + x
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def space():
+    from edgepass import design_space
+
+    torch.manual_seed(0)
+    return design_space(Small().eval(), (torch.randn(1, 3, 64, 64),))
+
+
+def spearman(a, b):
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def test_artifact_loads_fast():
+    t = time.perf_counter()
+    m = L.LatencyModel.load()
+    assert time.perf_counter() - t < 1.0
+    assert m.devices and "local/cpu-ort-1t" in m.devices
+    assert m.a["W0"].shape[0] > 30
+
+
+def test_positive_and_monotone_in_width(space):
+    lat = [L.predict_latency(space.design_graph(space.uniform(r)), "local/cpu-ort-1t") for r in (1.0, 0.75, 0.5, 0.25)]
+    assert all(v > 0 for v in lat)
+    assert all(a >= b for a, b in zip(lat, lat[1:])), lat
+    est = L.predict(space.graph, "help/pixel2")
+    assert est.latency_ms > 0 and all(r.latency_ms >= 0 for r in est.layers)
+    assert abs(sum(r.latency_ms for r in est.layers) - est.latency_ms) < 1e-6 * est.latency_ms
+
+
+def test_table_agrees_with_predict(space):
+    tab = L.LatencyTable(space, "local/cpu-ort-1t")
+    designs = [space.sample(i) for i in range(8)] + [space.identity()]
+    codes = np.stack([space.encode(d) for d in designs])
+    fast = tab.predict(codes)
+    for d, f in zip(designs, fast):
+        slow = L.predict_latency(space.design_graph(d), "local/cpu-ort-1t")
+        assert abs(f - slow) <= 1e-6 * slow
+        assert abs(tab.predict_design(d) - slow) <= 1e-6 * slow
+
+
+def test_few_shot_improves_over_no_adaptation():
+    """A training device re-labelled as unknown: 10 measured archs beat the feature-only guess."""
+    from dataclasses import replace
+
+    from edgepass import dataset
+    from edgepass.devices import get_device
+
+    ts = dataset.load().select(device="hwnasbench/eyeriss", space="nb201", metric="latency_ms")
+    idx = np.argsort(ts.spec_code)[:24]
+    specs = [ts.specs[ts.spec_code[i]] for i in idx]
+    y = np.asarray([ts.value[i] for i in idx], dtype=float)
+    dev = replace(get_device("hwnasbench/eyeriss"), id="test/eyeriss-unknown", aliases=())
+    m = L.load_model()
+    mats = [L.model_matrix(s) for s in specs]
+    st0 = m.device_state(dev)
+    p0 = L.predict_matrices(mats[10:], st0, m)
+    fitted = L.fit_device(list(zip(specs[:10], y[:10])), name="eyeriss copy", base=dev)
+    p1 = L.predict_matrices(mats[10:], m.device_state(fitted), m)
+    err0 = np.median(np.abs(p0 / y[10:] - 1))
+    err1 = np.median(np.abs(p1 / y[10:] - 1))
+    assert err1 < err0
+    assert spearman(p1, y[10:]) >= spearman(p0, y[10:]) - 0.05
+
+
+def test_cli_predict_and_errors(capsys, tmp_path):
+    assert main(["predict", "nb201:|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|none~0|avg_pool_3x3~1|nor_conv_1x1~2|",
+                 "--device", "local/cpu-ort-1t"]) == 0
+    out = capsys.readouterr().out
+    assert "ms" in out and "local/cpu-ort-1t" in out
+    assert main(["predict", "tv:squeezenet1_1", "--device", "help/pixel2", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["latency_ms"] > 0 and d["layers"]
+    assert main(["predict", "tv:squeezenet1_1", "--device", "no/such-device"]) == 5
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    assert main(["predict", str(bad), "--device", "local/cpu-ort-1t"]) == 2
+    assert main(["predict", "nope:xyz", "--device", "local/cpu-ort-1t"]) == 2
+
+
+def test_cli_device_fit(tmp_path, capsys):
+    from edgepass.devices import get_device
+
+    specs = ["nb201:|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|",
+             "nb201:|skip_connect~0|+|none~0|skip_connect~1|+|none~0|none~1|skip_connect~2|",
+             "nb201:|nor_conv_1x1~0|+|nor_conv_1x1~0|nor_conv_1x1~1|+|nor_conv_1x1~0|nor_conv_1x1~1|nor_conv_1x1~2|",
+             "nb201:|avg_pool_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|avg_pool_3x3~2|"]
+    csv = tmp_path / "m.csv"
+    csv.write_text("model,latency_ms\n" + "".join(f"{s},{v}\n" for s, v in zip(specs, (9.0, 1.0, 3.0, 4.0))))
+    out = tmp_path / "dev.json"
+    assert main(["device", "fit", str(csv), "--name", "My board", "-o", str(out)]) == 0
+    dev = get_device(str(out))
+    fit = dev.provenance["latency_fit"]
+    assert fit["k"] == 4 and len(fit["residual"]) == L.load_model().a["R"].shape[1]
+    assert main(["predict", specs[0], "--device", str(out)]) == 0
+    capsys.readouterr()
+    empty = tmp_path / "e.csv"
+    empty.write_text("model,ms\n")
+    assert main(["device", "fit", str(empty), "--name", "x", "-o", str(tmp_path / "x.json")]) == 2
