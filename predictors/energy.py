@@ -149,7 +149,12 @@ def predict_energy(graph, device, *, latency_ms: float | None = None, precision:
             from .latency import predict_latency
 
             latency_ms = float(predict_latency(graph, dev))
-            notes.append(f"latency {latency_ms:.3g} ms from the latency predictor")
+            if not (np.isfinite(latency_ms) and 0 < latency_ms < 1e7):
+                notes.append(f"static energy omitted: the latency predictor returned {latency_ms:.3g} ms for "
+                             f"{dev.id} (outside its range); pass latency_ms")
+                latency_ms = 0.0
+            else:
+                notes.append(f"latency {latency_ms:.3g} ms from the latency predictor")
         except Exception as exc:  # noqa: BLE001
             latency_ms = 0.0
             notes.append(f"static energy omitted: no latency given and the latency predictor failed ({exc})")
