@@ -25,33 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepass.predictors.stats import spearman
+
 OUT = Path(__file__).resolve().parent / "out"
 SPACES = ("nb201", "fbnet", "ofa", "anb", "tv")
 LOCAL = "local/"
 
 
 # ---------------------------------------------------------------------- statistics (numpy)
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based), ties share the mean rank."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    boundaries = np.flatnonzero(np.diff(xs)) + 1
-    starts = np.concatenate([[0], boundaries])
-    ends = np.concatenate([boundaries, [len(x)]])
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + e + 1) / 2.0
-    return ranks
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    rx, ry = rankdata(x), rankdata(y)
-    rx -= rx.mean()
-    ry -= ry.mean()
-    den = np.sqrt((rx * rx).sum() * (ry * ry).sum())
-    return float((rx * ry).sum() / den) if den > 0 else float("nan")
-
-
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
     """Kendall's tau-b: scipy's O(n log n) version when scipy is installed, else :func:`kendall_numpy`."""
     try:

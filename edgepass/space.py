@@ -274,15 +274,12 @@ class DesignSpace:
             getattr(d, knob)[key] = choices[int(i)]
         return d
 
-    def design_graph(self, design: Design) -> Graph:
-        """The IR of the model the design would produce, computed without rewriting anything:
-        tensor shapes, channel counts, kernels, precisions and costs (MACs, params, bytes)."""
+    def design_op(self, op: Op, widths: dict, kernel: int | None = None, precision: str | None = None) -> Op:
+        """``op`` as the model would have it with group ``widths`` (group id -> width; missing groups
+        keep theirs), ``kernel`` and ``precision``: shapes, channel counts and costs recomputed."""
         import copy
 
-        from .ir import Graph, compute_costs
-
-        d = self.validate(design)
-        widths = {g.id: d.widths[g.id] for g in self.groups}
+        from .ir import compute_costs
 
         def new_shape(t):
             shape = self.graph.graph["tensors"].get(t)
@@ -294,32 +291,44 @@ class DesignSpace:
             shape[axis] = sum(widths.get(gid, size) * rep for gid, size, rep in segs)
             return tuple(shape)
 
-        ops = []
-        for op in self.graph.ops():
-            o = copy.copy(op)
-            o.attrs = dict(op.attrs)
-            o.in_shapes = [new_shape(t) or s for t, s in zip(op.inputs, op.in_shapes)]
-            o.out_shapes = [new_shape(t) or s for t, s in zip(op.outputs, op.out_shapes)]
-            a = o.attrs
-            if o.kind == "conv":
-                cin_old, g_old = op.attrs["in_channels"], op.attrs["groups"]
-                a["in_channels"], a["out_channels"] = o.in_shapes[0][1], o.out_shapes[0][1]
-                if g_old > 1:
-                    a["groups"] = a["in_channels"] if g_old == cin_old else a["in_channels"] // (cin_old // g_old)
-                k = d.kernels.get(op.name)
-                if k is not None and k != op.attrs["kernel"][0]:
-                    a["kernel"] = (k, k)
-            elif o.kind == "linear":
-                a["in_features"] = int(np.prod(o.in_shapes[0][-1:]))
-                a["out_features"] = o.out_shapes[0][-1]
-            elif o.kind in ("batchnorm", "layernorm") and self.layouts.get(op.outputs[0]):
-                axis = self.layouts[op.outputs[0]][0]
-                a["channels"] = o.out_shapes[0][axis]
-            if op.name in d.precisions:
-                o.precision = d.precisions[op.name]
-            compute_costs(o)
-            ops.append(o)
-        tensors = {t: new_shape(t) or s for t, s in self.graph.graph["tensors"].items()}
+        o = copy.copy(op)
+        o.attrs = dict(op.attrs)
+        o.in_shapes = [new_shape(t) or s for t, s in zip(op.inputs, op.in_shapes)]
+        o.out_shapes = [new_shape(t) or s for t, s in zip(op.outputs, op.out_shapes)]
+        a = o.attrs
+        if o.kind == "conv":
+            cin_old, g_old = op.attrs["in_channels"], op.attrs["groups"]
+            a["in_channels"], a["out_channels"] = o.in_shapes[0][1], o.out_shapes[0][1]
+            if g_old > 1:
+                a["groups"] = a["in_channels"] if g_old == cin_old else a["in_channels"] // (cin_old // g_old)
+            if kernel is not None and kernel != op.attrs["kernel"][0]:
+                a["kernel"] = (kernel, kernel)
+        elif o.kind == "linear":
+            a["in_features"] = int(np.prod(o.in_shapes[0][-1:]))
+            a["out_features"] = o.out_shapes[0][-1]
+        elif o.kind in ("batchnorm", "layernorm") and self.layouts.get(op.outputs[0]):
+            a["channels"] = o.out_shapes[0][self.layouts[op.outputs[0]][0]]
+        if precision is not None:
+            o.precision = precision
+        compute_costs(o)
+        return o
+
+    def design_graph(self, design: Design) -> Graph:
+        """The IR of the model the design would produce, computed without rewriting anything:
+        tensor shapes, channel counts, kernels, precisions and costs (MACs, params, bytes)."""
+        from .ir import Graph
+
+        d = self.validate(design)
+        widths = {g.id: d.widths[g.id] for g in self.groups}
+        ops = [self.design_op(op, widths, d.kernels.get(op.name), d.precisions.get(op.name))
+               for op in self.graph.ops()]
+        tensors = {}
+        for t, s in self.graph.graph["tensors"].items():
+            lay = self.layouts.get(t)
+            if lay is not None and s is not None:
+                s = list(s)
+                s[lay[0]] = sum(widths.get(gid, size) * rep for gid, size, rep in lay[1])
+            tensors[t] = tuple(s) if s is not None else s
         g = Graph.from_ops(ops, backend=self.graph.graph["backend"], inputs=self.graph.graph["inputs"],
                            outputs=self.graph.graph["outputs"], tensors=tensors,
                            unknown_ops=self.graph.graph["unknown_ops"], model_name=self.graph.graph.get("model_name"))

@@ -256,42 +256,7 @@ MAX_COMBOS = 20_000
 
 def _design_op(space, op, widths: dict, kernel: int | None, precision: str | None):
     """The op as :meth:`DesignSpace.design_graph` would produce it (same code path, one op)."""
-    import copy
-
-    from edgepass.ir import compute_costs
-
-    def new_shape(t):
-        shape = space.graph.graph["tensors"].get(t)
-        lay = space.layouts.get(t)
-        if shape is None or lay is None:
-            return shape
-        axis, segs = lay
-        shape = list(shape)
-        shape[axis] = sum(widths.get(gid, size) * rep for gid, size, rep in segs)
-        return tuple(shape)
-
-    o = copy.copy(op)
-    o.attrs = dict(op.attrs)
-    o.in_shapes = [new_shape(t) or s for t, s in zip(op.inputs, op.in_shapes)]
-    o.out_shapes = [new_shape(t) or s for t, s in zip(op.outputs, op.out_shapes)]
-    a = o.attrs
-    if o.kind == "conv":
-        cin_old, g_old = op.attrs["in_channels"], op.attrs["groups"]
-        a["in_channels"], a["out_channels"] = o.in_shapes[0][1], o.out_shapes[0][1]
-        if g_old > 1:
-            a["groups"] = a["in_channels"] if g_old == cin_old else a["in_channels"] // (cin_old // g_old)
-        if kernel is not None and kernel != op.attrs["kernel"][0]:
-            a["kernel"] = (kernel, kernel)
-    elif o.kind == "linear":
-        a["in_features"] = int(np.prod(o.in_shapes[0][-1:]))
-        a["out_features"] = o.out_shapes[0][-1]
-    elif o.kind in ("batchnorm", "layernorm") and space.layouts.get(op.outputs[0]):
-        axis = space.layouts[op.outputs[0]][0]
-        a["channels"] = o.out_shapes[0][axis]
-    if precision is not None:
-        o.precision = precision
-    compute_costs(o)
-    return o
+    return space.design_op(op, widths, kernel, precision)
 
 
 class LatencyTable:
