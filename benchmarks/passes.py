@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import export_onnx, print_table, write_json  # noqa: E402
+from _common import export_onnx, natural_images, print_table, write_json  # noqa: E402
 
 import edgepass  # noqa: E402
 from edgepass.devices.measure import measure  # noqa: E402
@@ -34,22 +34,6 @@ VARIANTS = {  # name -> (width ratio, precision, shrink kernels)
     "kernel-min": (1.0, None, True),
     "width0.5+int8": (0.5, "int8", False),
 }
-
-
-def natural_calibration(n=16, size=224, seed=0) -> np.ndarray:
-    """Crops of the sample photos that ship with scikit-learn, ImageNet-normalised."""
-    from sklearn.datasets import load_sample_images
-
-    rng = np.random.default_rng(seed)
-    imgs = load_sample_images().images
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    out = []
-    for i in range(n):
-        img = imgs[i % len(imgs)]
-        y, x = rng.integers(0, img.shape[0] - size), rng.integers(0, img.shape[1] - size)
-        crop = (img[y:y + size, x:x + size] / 255.0 - mean) / std
-        out.append(crop.transpose(2, 0, 1)[None].astype(np.float32))
-    return np.concatenate(out)
 
 
 def bench_model(name, runs, tmp, calib) -> list[dict]:
@@ -134,7 +118,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    calib = natural_calibration()
+    calib = natural_images(16, 224, seed=0, random_scale=False, flips=False)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [r for name in args.models.split(",") for r in bench_model(name, args.runs, tmp, calib)]
         print_table(rows, ["model", "variant", "MMACs", "params_M", "size_MB", "median_ms", "iqr_ms", "speedup"])

@@ -9,13 +9,15 @@ from .rewrite import Verification, VerificationError, apply, verify
 from .space import ChannelGroup, Design, DesignSpace, design_space
 
 from .predict import predict  # noqa: E402  (after the submodule import, so the name is the function)
-from .compile import compile, report_of  # noqa: E402,A001  (same: edgepass.compile is the function)
+# (same: edgepass.compile is the function)
+from .compile import CompileOptions, compile, compile_fleet, compile_with_report, report_of  # noqa: E402,A001
 
 __version__ = "0.1.0"
 
 __all__ = ["analyze", "Graph", "Op", "EdgepassError", "InputError", "UnsupportedModelError", "DeviceError",
            "InfeasibleBudgetError", "design_space", "DesignSpace", "Design", "ChannelGroup", "apply", "verify",
-           "Verification", "VerificationError", "predict", "optimize", "compile", "report_of", "devices", "__version__"]
+           "Verification", "VerificationError", "predict", "optimize", "compile", "compile_with_report",
+           "compile_fleet", "CompileOptions", "report_of", "devices", "__version__"]
 
 # heavier parts load on first use, so `edgepass --help` and `import edgepass` stay fast
 _SUBPACKAGES = {"zoo", "dataset", "optimizers", "passes", "predictors", "frontends", "calibration"}

@@ -18,6 +18,7 @@ COMMANDS = [
     "edgepass.devices.cli",
     "edgepass.predict",
     "edgepass.commands.compile",
+    "edgepass.campaign",
 ]
 
 

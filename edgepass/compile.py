@@ -6,11 +6,13 @@ passes (width, kernel, recalibration, fine-tuning, precision) -> verify -> repor
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +98,8 @@ class Report:
                    f"params {tot['params'][0] / 1e6:.3f}M -> {tot['params'][1] / 1e6:.3f}M")
         if self.measured:
             m = self.measured
-            flag = "  MISS > 10 %" if m.get("miss") else ""
+            flag = ("  MISS > 10 %" if m.get("miss") else "") + \
+                ("  SLOWER than the original" if m.get("slower_than_original") else "")
             out.append(f"latency (measured here) {m['before_ms']:.3f} ms -> {m['after_ms']:.3f} ms "
                        f"(predicted {pr['latency_ms'][1]:.3f} ms, error {100 * m['error']:+.1f} %){flag}")
         out.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items()))
@@ -138,15 +141,169 @@ def _layer_rows(space, design, table_before, table_after) -> list:
 
 def _model_bytes(model) -> int:
     if is_torch_module(model):
-        return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+        import torch
+
+        def size(v) -> int:  # quantized modules keep packed (weight, bias) tuples and dtypes in state_dict
+            if isinstance(v, torch.Tensor):
+                return v.numel() * v.element_size()
+            return sum(size(x) for x in v) if isinstance(v, (tuple, list)) else 0
+        return int(sum(size(v) for v in model.state_dict().values()))
     return len(model.SerializeToString())
 
 
-def compile(model, device, *, latency_ms=None, energy_mj=None, max_accuracy_drop=None, example_inputs=None,
-            calibration_data=None, method: str = "amortized", precisions=None, ignore=None, seed: int = 0,
-            finetune=None, finetune_steps: int = 200, labels=None, measure: bool | None = None,
-            input_shapes: dict | None = None):
+@dataclass(frozen=True)
+class CompileOptions:
+    """Every option of a compile: one type shared by :func:`compile`, :func:`compile_fleet` and the CLI.
+
+    Budget: ``latency_ms`` (absolute) or ``latency_fraction`` (of the device's predicted original
+    latency: one number that suits a whole fleet), ``energy_mj``, ``max_accuracy_drop``.
+    ``cache_dir``: where trained optimizers and fitted accuracy predictors are kept (default
+    ``$EDGEPASS_CACHE`` or the user's cache directory). ``plot``: a PNG of the candidate designs'
+    predicted latency vs accuracy. ``accuracy_options``: keyword options of the accuracy predictor
+    (``max_levels``, ``max_knobs``, ``n_fit``: a cheaper sensitivity sweep for big models);
+    ``optimizer_options``: training options of the amortized optimizer (``optimize(train_options=)``).
+    """
+
+    latency_ms: float | None = None
+    latency_fraction: float | None = None
+    energy_mj: float | None = None
+    max_accuracy_drop: float | None = None
+    example_inputs: Any = None
+    calibration_data: Any = None
+    labels: Any = None
+    method: str = "amortized"
+    precisions: tuple | None = None
+    ignore: tuple = ()
+    seed: int = 0
+    finetune: Any = None
+    finetune_steps: int = 200
+    measure: bool | None = None
+    input_shapes: dict | None = None
+    cache_dir: str | None = None
+    plot: str | None = None
+    accuracy_options: dict | None = None
+    optimizer_options: dict | None = None
+
+    def __post_init__(self):
+        from .optimizers.api import METHODS
+
+        if self.method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.latency_fraction is not None:
+            if self.latency_ms is not None:
+                raise InputError("give latency_ms or latency_fraction, not both")
+            if not (np.isfinite(self.latency_fraction) and self.latency_fraction > 0):
+                raise InputError(f"latency_fraction must be a positive number, not {self.latency_fraction!r}")
+        if all(v is None for v in (self.latency_ms, self.latency_fraction, self.energy_mj, self.max_accuracy_drop)):
+            raise InputError("give a budget: latency_ms, latency_fraction, energy_mj and/or max_accuracy_drop")
+        # normalise list-like options so options compare and hash by value
+        object.__setattr__(self, "ignore", tuple(self.ignore or ()))
+        if self.precisions is not None:
+            ps = self.precisions.split(",") if isinstance(self.precisions, str) else self.precisions
+            object.__setattr__(self, "precisions", tuple(ps))
+
+    @classmethod
+    def of(cls, options: "CompileOptions | None" = None, **kwargs) -> "CompileOptions":
+        """``options`` with ``kwargs`` replaced (unknown names: ``TypeError`` listing the valid ones)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - names)
+        if unknown:
+            raise TypeError(f"unknown compile option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        return replace(options, **kwargs) if options is not None else cls(**kwargs)
+
+    def budget(self, original_ms: float):
+        """The :class:`Budget` for a device whose original model is predicted at ``original_ms``."""
+        from .optimizers.budget import Budget
+
+        lat = self.latency_ms if self.latency_fraction is None else self.latency_fraction * original_ms
+        return Budget(latency_ms=lat, energy_mj=self.energy_mj, max_accuracy_drop=self.max_accuracy_drop)
+
+
+@dataclass
+class Prepared:
+    """What a compile computes once per model (shared by every device of a fleet)."""
+
+    torch_input: bool
+    source: Any                      # the nn.Module or the loaded ModelProto
+    graph: Any
+    example_inputs: Any
+    calibration: np.ndarray | None   # the accuracy predictor's samples
+    fingerprint: str                 # model + data + options that change the analysis (cache keys)
+    seconds: dict = field(default_factory=dict)
+
+
+@dataclass
+class Target:
+    """The design space and accuracy predictor for one set of allowed precisions."""
+
+    precisions: tuple
+    space: Any
+    accuracy: Any
+    notes: list = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+
+def prepare(model, options: CompileOptions) -> Prepared:
+    """Trace / load and analyse ``model`` once."""
+    t0 = time.perf_counter()
+    if is_torch_module(model):
+        from .frontends.fx import analyze_fx, trace
+
+        example_inputs = example_inputs_for(model, options.example_inputs)
+        graph = analyze_fx(trace(model), example_inputs)
+        source = model
+    else:
+        from .frontends.onnx import analyze_onnx, load_model
+
+        example_inputs = None
+        source = load_model(model)
+        graph = analyze_onnx(source, input_shapes=options.input_shapes)
+    calib = _calibration_array(options.calibration_data, graph)
+    fp = _fingerprint(source, example_inputs, calib, options)
+    return Prepared(is_torch_module(model), source, graph, example_inputs, calib, fp,
+                    {"analyze": time.perf_counter() - t0})
+
+
+def allowed_precisions(dev, options: CompileOptions) -> tuple:
+    """The precisions a compile for ``dev`` may choose (the user's subset of what the device runs)."""
+    supported = list(dev.precisions or ["fp32"])
+    allowed = [p for p in (options.precisions or supported) if p in supported]
+    if not allowed:
+        raise InputError(f"none of the precisions {list(options.precisions)} is supported by {dev.id} ({supported})")
+    return tuple(sorted(set(allowed) | {"fp32"}))
+
+
+def target(prep: Prepared, precisions: tuple, options: CompileOptions) -> Target:
+    """The restricted design space and the fitted accuracy predictor (from the cache when there)."""
+    from .build_cache import load_accuracy, save_accuracy
+    from .predictors.accuracy import AccuracyPredictor
+    from .space import build_space
+
+    t0 = time.perf_counter()
+    space = build_space(prep.graph).restrict(ignore=options.ignore, precisions=list(precisions))
+    kw = dict(options.accuracy_options or {})
+    key = f"{prep.fingerprint}-{space.hash()}-{json.dumps(kw, sort_keys=True)}"
+    model = prep.source
+    acc = load_accuracy(options.cache_dir, key, model=model, space=space, x=prep.calibration, labels=options.labels,
+                        example_inputs=prep.example_inputs)
+    if acc is None:
+        acc = AccuracyPredictor(model, prep.calibration, options.labels, example_inputs=prep.example_inputs,
+                                space=space, seed=options.seed, **kw).fit()
+        save_accuracy(options.cache_dir, key, acc)
+    notes = ([acc.info["note"]] if acc.info.get("note") else []) + \
+        [f"accuracy predictor: {acc.info.get('metric')} on {acc.info.get('samples')} samples"]
+    return Target(precisions, space, acc, notes, {"accuracy_predictor": time.perf_counter() - t0})
+
+
+def compile(model, device, options: CompileOptions | None = None, /, **kwargs):
     """Compile ``model`` for ``device`` within the budget; returns the type it was given with a report.
+
+    Options are :class:`CompileOptions` fields, as keywords (``latency_ms=``, ``latency_fraction=``,
+    ``energy_mj=``, ``max_accuracy_drop=``, ``example_inputs=``, ``calibration_data=``, ``labels=``,
+    ``method=``, ``precisions=``, ``ignore=``, ``seed=``, ``finetune=``, ``finetune_steps=``,
+    ``measure=``, ``input_shapes=``, ``cache_dir=``, ``plot=``, ``accuracy_options=``,
+    ``optimizer_options=``) and/or as an
+    options object.
 
     ``nn.Module`` -> rewritten ``nn.Module`` with ``.report`` (a :class:`Report`); ONNX
     ``ModelProto`` or path -> ``ModelProto`` with the report's stable part in its metadata (key
@@ -154,69 +311,48 @@ def compile(model, device, *, latency_ms=None, energy_mj=None, max_accuracy_drop
     ``Device``. An impossible budget raises :class:`InfeasibleBudgetError` whose ``closest`` is
     ``(model, report)`` for the closest design.
     """
-    out, report, feasible = compile_with_report(
-        model, device, latency_ms=latency_ms, energy_mj=energy_mj, max_accuracy_drop=max_accuracy_drop,
-        example_inputs=example_inputs, calibration_data=calibration_data, method=method, precisions=precisions,
-        ignore=ignore, seed=seed, finetune=finetune, finetune_steps=finetune_steps, labels=labels, measure=measure,
-        input_shapes=input_shapes)
+    out, report, feasible = compile_with_report(model, device, options, **kwargs)
     if not feasible:
         raise InfeasibleBudgetError(f"no design meets the budget on {report.device}: closest predicted "
                                     f"{report.predicted['latency_ms'][1]:.3f} ms", closest=(out, report))
     return out
 
 
-def compile_with_report(model, device, *, latency_ms=None, energy_mj=None, max_accuracy_drop=None,
-                        example_inputs=None, calibration_data=None, method: str = "amortized", precisions=None,
-                        ignore=None, seed: int = 0, finetune=None, finetune_steps: int = 200, labels=None,
-                        measure: bool | None = None, input_shapes: dict | None = None):
+def compile_with_report(model, device, options: CompileOptions | None = None, /, **kwargs):
     """:func:`compile` without raising on an infeasible budget: ``(model, Report, feasible)``."""
     from .devices import get_device
+
+    opts = CompileOptions.of(options, **kwargs)
+    dev = get_device(device)
+    prep = prepare(model, opts)
+    tgt = target(prep, allowed_precisions(dev, opts), opts)
+    return compile_prepared(prep, tgt, dev, opts)
+
+
+def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
+    """The per-device part of a compile: optimize -> rewrite -> verify -> report (-> measure, plot)."""
     from .optimizers.api import optimize
-    from .optimizers.budget import Budget
     from .predict import predict
     from .rewrite import apply_design, verify
-    from .space import build_space
 
-    t = {}
+    graph, space, acc, source = prep.graph, tgt.space, tgt.accuracy, prep.source
+    t = {**prep.seconds, **tgt.seconds}
+    base = predict(graph, dev)
+    budget = opts.budget(base.latency_ms)
     t0 = time.perf_counter()
-    budget = Budget(latency_ms=latency_ms, energy_mj=energy_mj, max_accuracy_drop=max_accuracy_drop)
-    dev = get_device(device)
-    torch_input = is_torch_module(model)
-    if torch_input:
-        from .frontends.fx import analyze_fx, trace
-
-        example_inputs = example_inputs_for(model, example_inputs)
-        graph = analyze_fx(trace(model), example_inputs)
-        source = model
-    else:
-        from .frontends.onnx import analyze_onnx, load_model
-
-        source = load_model(model)
-        graph = analyze_onnx(source, input_shapes=input_shapes)
-    allowed = [p for p in (precisions or dev.precisions or ["fp32"]) if p in (dev.precisions or ["fp32"])]
-    if not allowed:
-        raise InputError(f"none of the precisions {precisions} is supported by {dev.id} ({dev.precisions})")
-    space = build_space(graph).restrict(ignore=ignore or (), precisions=allowed + ["fp32"])
-    t["analyze"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    from .predictors.accuracy import AccuracyPredictor
-
-    acc = AccuracyPredictor(model if torch_input else source, _calibration_array(calibration_data, graph),
-                            labels, example_inputs=example_inputs if torch_input else None, space=space,
-                            seed=seed).fit()
-    t["accuracy_predictor"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    result = optimize(space, dev, latency_ms=latency_ms, energy_mj=energy_mj, max_accuracy_drop=max_accuracy_drop,
-                      method=method, accuracy_fn=acc.predict_codes, seed=seed)
+    result = optimize(space, dev, latency_ms=budget.latency_ms, energy_mj=budget.energy_mj,
+                      max_accuracy_drop=budget.max_accuracy_drop, method=opts.method, accuracy_fn=acc.predict_codes,
+                      seed=opts.seed, cache=opts.cache_dir, train_options=opts.optimizer_options)
     t["optimize"] = time.perf_counter() - t0
-    notes = list(result.notes) + ([acc.info["note"]] if acc.info.get("note") else []) + \
-        [f"accuracy predictor: {acc.info.get('metric')} on {acc.info.get('samples')} samples"]
+    notes = list(result.notes) + list(tgt.notes)
+    unknown = list(graph.graph.get("unknown_ops") or [])
+    if unknown:
+        notes.append(f"left untouched: operator(s) edgepass does not know ({', '.join(unknown[:8])}); "
+                     f"the channels they touch are frozen")
     design = result.design
 
     # regression guard: never hand back something predicted slower than the original
     ident = space.identity()
-    base = predict(graph, dev)
     chosen = predict(space.design_graph(design), dev)
     if chosen.latency_ms >= base.latency_ms and design != ident:
         notes.append(f"the chosen design is predicted slower ({chosen.latency_ms:.3f} ms vs {base.latency_ms:.3f} ms): "
@@ -224,20 +360,21 @@ def compile_with_report(model, device, *, latency_ms=None, energy_mj=None, max_a
         design, chosen = ident, base
 
     t0 = time.perf_counter()
-    applied = apply_design(model if torch_input else source, design, example_inputs=example_inputs,
-                           calibration_data=calibration_data, finetune=finetune, finetune_steps=finetune_steps,
-                           seed=seed, input_shapes=input_shapes)
+    applied = apply_design(source, design, example_inputs=prep.example_inputs, calibration_data=opts.calibration_data,
+                           finetune=opts.finetune, finetune_steps=opts.finetune_steps, seed=opts.seed,
+                           input_shapes=opts.input_shapes)
     t["rewrite"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    v = verify(model if torch_input else source, applied.model, design,
-               example_inputs=example_inputs if torch_input else None, space=applied.space)
+    v = verify(source, applied.model, design, example_inputs=prep.example_inputs if prep.torch_input else None,
+               space=applied.space)
     t["verify"] = time.perf_counter() - t0
     if not v.ok:
         notes.append("verification failed: " + "; ".join(v.problems[:3]))
 
     new_graph = space.design_graph(design)
+    budget_dict = {**budget.to_dict(), "latency_fraction": opts.latency_fraction}
     report = Report(
-        device=dev.id, budget=budget.to_dict(), method=result.method, feasible=bool(result.feasible),
+        device=dev.id, budget=budget_dict, method=result.method, feasible=bool(result.feasible),
         design=design.to_dict(),
         predicted={"latency_ms": [base.latency_ms, chosen.latency_ms],
                    "energy_mj": [base.energy_mj, chosen.energy_mj],
@@ -246,19 +383,50 @@ def compile_with_report(model, device, *, latency_ms=None, energy_mj=None, max_a
                 "size_bytes": [_model_bytes(source), _model_bytes(applied.model)]},
         layers=_layer_rows(space, design, base.layers, chosen.layers), seconds=t, notes=notes, verified=v.ok)
 
-    if measure if measure is not None else (dev.id.startswith(LOCAL_PREFIX) and not torch_input):
+    if opts.measure if opts.measure is not None else (dev.id.startswith(LOCAL_PREFIX) and not prep.torch_input):
+        t0 = time.perf_counter()
         report.measured = _measure_here(source, applied.model, dev, chosen.latency_ms)
-        if report.measured["after_ms"] > report.measured["before_ms"]:
-            report.notes.append("measured slower than the original on this machine")
+        t["measure"] = time.perf_counter() - t0
+        # kept out of `notes`: the embedded report must not depend on a measurement
+        report.measured["slower_than_original"] = report.measured["after_ms"] > report.measured["before_ms"]
+    if opts.plot:
+        from .plot import plot_front
+
+        t0 = time.perf_counter()
+        plot_front(opts.plot, space, dev, acc.predict_codes, result, report, metric=acc.info.get("metric", "accuracy"),
+                   seed=opts.seed)
+        t["plot"] = time.perf_counter() - t0
     report.seconds["total"] = sum(report.seconds.values())
     out = applied.model
-    if torch_input:
+    if prep.torch_input:
         out.report = report
     else:
         meta = {p.key: p for p in out.metadata_props}
         entry = meta.get("edgepass.report") or out.metadata_props.add()
         entry.key, entry.value = "edgepass.report", json.dumps(report.stable_dict(), sort_keys=True, default=float)
     return out, report, bool(result.feasible)
+
+
+def _fingerprint(source, example_inputs, calib, options: CompileOptions) -> str:
+    """A hash of everything the accuracy predictor's result depends on besides the design space."""
+    h = hashlib.sha256()
+    if is_torch_module(source):
+        h.update(type(source).__qualname__.encode())
+        for k, v in source.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        for x in example_inputs or ():
+            h.update(str(tuple(x.shape)).encode())
+    else:
+        h.update(source.SerializeToString())
+    for arr in (calib, options.labels):
+        if arr is not None:
+            a = np.ascontiguousarray(np.asarray(arr))
+            h.update(f"{a.shape}{a.dtype}".encode())
+            h.update(a.tobytes())
+    h.update(json.dumps([options.seed, options.input_shapes and sorted(options.input_shapes.items())],
+                        default=str).encode())
+    return h.hexdigest()[:20]
 
 
 def _measure_here(original, compiled, dev, predicted_ms) -> dict:
@@ -295,4 +463,11 @@ def write_atomic(path, data: bytes) -> None:
             tmp.unlink()
 
 
-__all__ = ["compile", "Report", "report_of", "write_atomic"]
+def compile_fleet(model, devices, outdir, options: CompileOptions | None = None, /, **kwargs) -> dict:
+    """One model for many devices into ``outdir``: see :func:`edgepass.fleet.compile_fleet`."""
+    from .fleet import compile_fleet as _compile_fleet
+
+    return _compile_fleet(model, devices, outdir, options, **kwargs)
+
+
+__all__ = ["compile", "compile_with_report", "compile_fleet", "CompileOptions", "Report", "report_of", "write_atomic"]

@@ -43,3 +43,21 @@ class DigitsNet(nn.Module):
 def demo_path(name: str = DEMO_ONNX):
     """Path of a bundled demo file (inside the installed package)."""
     return resources.files("edgepass") / "data" / "models" / name
+
+
+def train_classifier(model: nn.Module, x, y, *, epochs: int = 40, seed: int = 0, lr: float = 3e-3,
+                     batch: int = 64) -> nn.Module:
+    """Deterministic AdamW + cosine training on in-memory arrays (the demo's and the benchmarks' nets)."""
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(xt), generator=g).split(batch):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+        sched.step()
+    return model.eval()

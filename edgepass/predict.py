@@ -91,7 +91,9 @@ def add_parser(subparsers) -> None:
     dsub = d.add_subparsers(dest="device_command", metavar="SUBCOMMAND")
     dsub.required = True
     f = dsub.add_parser("fit", help="few-shot fit of the latency predictor from measured models")
-    f.add_argument("measurements", help="CSV with columns model,latency_ms (model: zoo spec or ONNX path)")
+    f.add_argument("measurements", help="CSV with columns model,latency_ms (model: zoo spec or ONNX path), "
+                                        "or a campaign CSV (edgepass campaign)")
+    f.add_argument("--from-device", help="the device whose rows of a campaign CSV to fit (when it has several)")
     f.add_argument("--name", required=True, help="device name")
     f.add_argument("--id", dest="device_id", help="device id (default user/<name>)")
     f.add_argument("--base", help="known device (id or file) whose datasheet/kind/runtime describe this one")
@@ -137,7 +139,14 @@ def _cmd_predict(args) -> int:
 def _cmd_fit(args) -> int:
     from .predictors.latency import fit_device
 
-    dev = fit_device(args.measurements, name=args.name, base=args.base, device_id=args.device_id)
+    from .campaign import fit_pairs, is_campaign_csv
+
+    measurements, precision = args.measurements, None
+    if is_campaign_csv(args.measurements):  # rows of many devices, designs as graphs
+        measurements, precision = fit_pairs(args.measurements, args.from_device)
+    elif args.from_device:
+        raise InputError("--from-device selects rows of a campaign CSV (columns device,spec,design,...)")
+    dev = fit_device(measurements, name=args.name, base=args.base, device_id=args.device_id, precision=precision)
     dev.save(args.output)
     fit = dev.provenance["latency_fit"]
     print(f"wrote {args.output}: {dev.id}, fitted on {fit['k']} models (log-RMSE {fit['fit_rmse_log']}, "

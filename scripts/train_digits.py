@@ -18,7 +18,7 @@ from sklearn.model_selection import train_test_split
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from edgepass.demo import DEMO_DATA, DEMO_ONNX, DigitsNet  # noqa: E402
+from edgepass.demo import DEMO_DATA, DEMO_ONNX, DigitsNet, train_classifier  # noqa: E402
 
 
 def load_data(seed: int = 0):
@@ -29,19 +29,7 @@ def load_data(seed: int = 0):
 
 
 def train(model, xtr, ytr, *, epochs=40, seed=0, lr=3e-3):
-    torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
-    xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(xt), generator=g).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
-            opt.step()
-        sched.step()
-    return model.eval()
+    return train_classifier(model, xtr, ytr, epochs=epochs, seed=seed, lr=lr)
 
 
 def accuracy(model, x, y) -> float:

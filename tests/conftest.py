@@ -12,6 +12,16 @@ ARCHS = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "efficien
          "regnet_y_400mf", "densenet121", "squeezenet1_0", "convnext_tiny", "vit_b_16"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory):
+    """One edgepass cache for the whole session (never the user's): trained optimizers and fitted
+    accuracy predictors are built once, not per test."""
+    path = tmp_path_factory.getbasetemp() / "edgepass-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGEPASS_CACHE", str(path))
+        yield path
+
+
 def torchvision_model(name: str) -> torch.nn.Module:
     tv = pytest.importorskip("torchvision")
     torch.manual_seed(0)

@@ -14,6 +14,7 @@ from edgepass.compile import compile_with_report, report_of
 from edgepass.demo import DEMO_DATA, DigitsNet, demo_path
 
 DEVICE = "local/cpu-ort-1t"
+CHEAP = {"max_levels": 2, "n_fit": 0}   # a coarse accuracy sweep, for tests that check plumbing only
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_compile_pytorch_returns_a_module_with_report(base_ms):
     net.eval()
     x = (torch.from_numpy(data["x_test"][:1]),)
     out = edgepass.compile(net, DEVICE, latency_ms=0.8 * base_ms, example_inputs=x, method="search",
-                           calibration_data=data["calibration"])
+                           calibration_data=data["calibration"], accuracy_options=CHEAP)
     assert isinstance(out, torch.nn.Module) and out.report.verified
     with torch.no_grad():
         assert out(torch.from_numpy(data["x_test"][:4])).shape == (4, 10)
@@ -59,7 +60,8 @@ def test_compile_pytorch_returns_a_module_with_report(base_ms):
 
 def test_ignore_keeps_layers_untouched(digits_onnx, base_ms, calib):
     out, report, _ = compile_with_report(str(digits_onnx), DEVICE, latency_ms=0.7 * base_ms, method="search",
-                                         calibration_data=calib, ignore=["down.0"], measure=False)
+                                         calibration_data=calib, ignore=["down.0"], measure=False,
+                                         accuracy_options=CHEAP)
     row = next(r for r in report.layers if r.name == "down.0")
     assert row.before == row.after
 

@@ -157,3 +157,120 @@ def test_optimize_reports_infeasible_budgets():
         edgepass.optimize(sp, "anb/a100", latency_ms=5.0)
     with pytest.raises(edgepass.InputError):
         edgepass.optimize(sp, "hwnasbench/raspi4", latency_ms=5.0, method="guess")
+
+
+# ------------------------------------------------------------------------------------------------
+# the amortized optimizer on a real model's design space (resnet18, random weights)
+# ------------------------------------------------------------------------------------------------
+TRAIN_DEVICES = ["eagle/core-i7-7820x", "eagle/gtx1080ti", "eagle/jetson-nano-fp32", "eagle/sd855-cpu-int8",
+                 "help/titan-rtx-b256", "help/xeon-gold-6226", "hwnasbench/raspi4", "hwnasbench/fpga",
+                 "eagle/edgetpu-int8", "eagle/sd855-gpu-int8"]
+HELD_DEVICE = "help/pixel2"
+SMALL = {"devices": TRAIN_DEVICES, "synthetic": 30, "budgets_per_device": 4, "epochs": 15, "hidden": 64}
+
+
+@pytest.fixture(scope="module")
+def resnet18_space():
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from edgepass.space import design_space
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    return design_space(model, (torch.randn(1, 3, 224, 224),))
+
+
+@pytest.fixture(scope="module")
+def trained_cache(resnet18_space, tmp_path_factory):
+    """One small trained optimizer shared by the tests below (trained through the public API)."""
+    from edgepass.optimizers import model_space as ms
+
+    cache = tmp_path_factory.mktemp("amortized")
+    lo, hi = ms.feasible_range(ms.device_costs(resnet18_space, [HELD_DEVICE])[HELD_DEVICE],
+                               ms.reference_codes(resnet18_space))
+    r = edgepass.optimize(resnet18_space, HELD_DEVICE, latency_ms=float(np.sqrt(lo * hi)), cache=cache,
+                          train_options=SMALL)
+    return cache, r, (lo, hi)
+
+
+def test_table_costs_match_the_latency_table(resnet18_space):
+    from edgepass.optimizers import model_space as ms
+    from edgepass.predictors.latency import LatencyTable
+
+    codes = np.stack([resnet18_space.encode(resnet18_space.sample(i)) for i in range(20)])
+    table = LatencyTable(resnet18_space, "eagle/gtx1080ti")
+    costs = ms.device_costs(resnet18_space, ["eagle/gtx1080ti"])["eagle/gtx1080ti"]
+    assert np.allclose(costs.predict(codes), table.predict(codes), rtol=1e-9)
+    mixed = costs.mixed(costs, 0.3, 2.0, None, "x")                 # mixing a device with itself: a scaled copy
+    assert np.allclose(mixed.predict(codes), 2.0 * costs.predict(codes))
+
+
+def test_weight_energy_score_is_monotone(resnet18_space):
+    from edgepass.optimizers.sensitivity import weight_energy_fn
+
+    fn = weight_energy_fn(resnet18_space)
+    sp = resnet18_space
+    scores = fn(np.stack([sp.encode(sp.identity()), sp.encode(sp.uniform(0.75)), sp.encode(sp.uniform(0.5)),
+                          sp.encode(sp.uniform(0.25))]))
+    assert scores[0] == pytest.approx(1.0) and np.all(np.diff(scores) < 0)
+    assert 1.0 > fn(sp.encode(sp.uniform(1.0, precision="int8"))[None])[0] > scores[1]   # int8 costs a little
+
+
+def test_amortized_model_space_trains_caches_and_loads(resnet18_space, trained_cache, monkeypatch):
+    from edgepass.optimizers import model_space as ms
+
+    cache, first, (lo, hi) = trained_cache
+    L = float(np.sqrt(lo * hi))
+    assert first.method == "amortized" and first.feasible and first.latency_ms <= L
+    assert first.front and all(len(p) == 2 for p in first.front)
+    files = list(cache.glob(f"amortized-{resnet18_space.hash()}-*.npz"))
+    assert len(files) == 1
+
+    def no_training(*a, **k):
+        raise AssertionError("retrained instead of loading the cached optimizer")
+
+    monkeypatch.setattr(ms, "train", no_training)
+    again = edgepass.optimize(resnet18_space, HELD_DEVICE, latency_ms=L, cache=cache, train_options=SMALL)
+    assert np.array_equal(again.code, first.code) and again.seconds < 5.0
+    # another accuracy function is another optimizer: it would train (and here fails loudly)
+    with pytest.raises(AssertionError, match="retrained"):
+        edgepass.optimize(resnet18_space, HELD_DEVICE, latency_ms=L, cache=cache, train_options=SMALL,
+                          accuracy_fn=lambda codes: 1.0 - 0.01 * np.asarray(codes).sum(1))
+
+
+def test_amortized_training_is_deterministic(resnet18_space, trained_cache, tmp_path):
+    cache, first, (lo, hi) = trained_cache
+    r = edgepass.optimize(resnet18_space, HELD_DEVICE, latency_ms=float(np.sqrt(lo * hi)), cache=tmp_path,
+                          train_options=SMALL)
+    assert np.array_equal(r.code, first.code)
+    a = np.load(next(cache.glob("amortized-*.npz")))
+    b = np.load(next(tmp_path.glob("amortized-*.npz")))
+    assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+
+
+def test_amortized_meets_every_feasible_budget_and_is_close_to_search(resnet18_space, trained_cache):
+    cache, _, (lo, hi) = trained_cache
+    for f in (0.05, 0.3, 0.6, 0.95):
+        L = float(np.exp(np.log(lo * 1.01) + f * (np.log(hi) - np.log(lo * 1.01))))
+        r = edgepass.optimize(resnet18_space, HELD_DEVICE, latency_ms=L, cache=cache, train_options=SMALL)
+        assert r.feasible and r.latency_ms <= L
+        if f == 0.6:
+            evo = edgepass.optimize(resnet18_space, HELD_DEVICE, latency_ms=L, method="search")
+            assert evo.feasible and r.accuracy >= evo.accuracy - 0.02
+
+
+def test_amortized_reports_infeasible_budgets(resnet18_space, trained_cache):
+    from edgepass.optimizers import model_space as ms
+
+    cache, _, _ = trained_cache
+    costs = ms.device_costs(resnet18_space, [HELD_DEVICE])[HELD_DEVICE]
+    n_choices = [len(c) for _, _, c in resnet18_space.knobs()]
+    floor = float(costs.predict(ms.smallest_code(n_choices))[0])
+    r = edgepass.optimize(resnet18_space, HELD_DEVICE, latency_ms=0.5 * floor, cache=cache, train_options=SMALL)
+    assert not r.feasible and r.latency_ms > 0.5 * floor
+    assert r.latency_ms <= 1.1 * floor                    # the closest design: (nearly) the cheapest one
+    with pytest.raises(edgepass.InfeasibleBudgetError):
+        edgepass.optimize(resnet18_space, HELD_DEVICE, latency_ms=0.5 * floor, cache=cache, train_options=SMALL,
+                          strict=True)
+    with pytest.raises(edgepass.InputError, match="bogus"):
+        edgepass.optimize(resnet18_space, HELD_DEVICE, latency_ms=floor, cache=cache, train_options={"bogus": 1})

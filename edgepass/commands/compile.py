@@ -1,21 +1,30 @@
-"""``edgepass compile IN.onnx OUT.onnx --device ID|FILE [...]`` and ``--check``."""
+"""``edgepass compile IN.onnx OUT.onnx --device ID|FILE [...]``, fleets (``--device`` repeated or
+``--devices FLEET.txt``, into OUTDIR) and ``--check``."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 
 from ..errors import InputError
+from ..executors import EXECUTORS
 from .analysis import parse_input_shapes
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("compile", help="choose widths/kernels/precisions for a device budget and rewrite the model")
+    p = sub.add_parser("compile", help="choose widths/kernels/precisions for a device budget and rewrite the model",
+                       description="Compile IN for one device into OUT.onnx, or for a fleet (--device given more "
+                                   "than once, or --devices FLEET.txt) into the directory OUT.")
     p.add_argument("model", metavar="IN.onnx")
-    p.add_argument("output", metavar="OUT.onnx")
-    p.add_argument("--device", required=True, help="device id (edgepass devices) or a device JSON file")
+    p.add_argument("output", metavar="OUT.onnx|OUTDIR")
+    p.add_argument("--device", action="append", default=[], metavar="ID|FILE",
+                   help="device id (edgepass devices) or a device JSON file; repeat for a fleet")
+    p.add_argument("--devices", metavar="FLEET.txt", help="a fleet: one device id or device file per line, # comments")
     p.add_argument("--latency-ms", type=float)
+    p.add_argument("--latency-fraction", type=float, metavar="F",
+                   help="latency budget as a fraction of each device's predicted original latency")
     p.add_argument("--energy-mj", type=float)
     p.add_argument("--max-accuracy-drop", type=float)
     p.add_argument("--calibration", metavar="DATA.npz|DIR", help="calibration inputs keyed by input name")
@@ -24,29 +33,59 @@ def add_parser(sub) -> None:
     p.add_argument("--precisions", help="comma-separated subset of fp32,fp16,int8")
     p.add_argument("--ignore", action="append", default=[], metavar="LAYER", help="keep a layer untouched")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="trained optimizers and accuracy predictors (default $EDGEPASS_CACHE or ~/.cache/edgepass)")
     p.add_argument("--report", metavar="R.json", help="write the report as JSON")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    p.add_argument("--plot", metavar="R.png", help="plot the candidate designs' predicted latency vs accuracy")
+    p.add_argument("--json", action="store_true", help="print the report (fleet: the summary) as JSON")
+    p.add_argument("--executor", choices=EXECUTORS, default="inprocess", help="where a fleet's devices are compiled")
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes / Ray CPUs for a fleet")
+    p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start a local one)")
     p.add_argument("--check", action="store_true", help="only verify an existing OUT against its report")
     p.set_defaults(func=cmd_compile)
 
 
-def cmd_compile(args) -> int:
-    from ..compile import compile_with_report, write_atomic
+def options_from_args(args):
+    """The :class:`~edgepass.compile.CompileOptions` of a command line (the Python API's options type)."""
+    from ..compile import CompileOptions
 
-    src, dst = Path(args.model), Path(args.output)
-    if args.check:
-        return _check(src, dst, args)
-    if src.exists() and dst.exists() and os.path.samefile(src, dst):
-        raise InputError("output path is the input path: refusing to overwrite the input")
-    if not dst.parent.exists():
-        raise InputError(f"{dst}: directory {dst.parent} does not exist")
     if args.calibration and not Path(args.calibration).exists():
         raise InputError(f"{args.calibration}: no such calibration file or directory")
-    kwargs = dict(latency_ms=args.latency_ms, energy_mj=args.energy_mj, max_accuracy_drop=args.max_accuracy_drop,
-                  calibration_data=args.calibration, method=args.method, ignore=args.ignore, seed=args.seed,
-                  precisions=args.precisions.split(",") if args.precisions else None,
-                  input_shapes=parse_input_shapes(args.input_shape))
-    out, report, feasible = compile_with_report(str(src), args.device, **kwargs)
+    return CompileOptions(latency_ms=args.latency_ms, latency_fraction=args.latency_fraction,
+                          energy_mj=args.energy_mj, max_accuracy_drop=args.max_accuracy_drop,
+                          calibration_data=args.calibration, method=args.method, ignore=tuple(args.ignore),
+                          seed=args.seed, precisions=tuple(args.precisions.split(",")) if args.precisions else None,
+                          input_shapes=parse_input_shapes(args.input_shape), cache_dir=args.cache_dir,
+                          plot=args.plot)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.exists() and b.exists() and os.path.samefile(a, b)
+
+
+def cmd_compile(args) -> int:
+    src, dst = Path(args.model), Path(args.output)
+    if args.check:
+        if len(args.device) > 1 or args.devices:
+            raise InputError("--check verifies one output file, not a fleet")
+        return _check(src, dst, args)
+    if not args.device and not args.devices:
+        raise InputError("compile: give --device ID|FILE (or --devices FLEET.txt)")
+    if _same_file(src, dst):
+        raise InputError("output path is the input path: refusing to overwrite the input")
+    if args.devices or len(args.device) > 1:
+        return _fleet(src, dst, args)
+    if not dst.parent.exists():
+        raise InputError(f"{dst}: directory {dst.parent} does not exist")
+    for extra in (args.report, args.plot):
+        if extra and not Path(extra).parent.exists():
+            raise InputError(f"{extra}: directory {Path(extra).parent} does not exist")
+        if extra and (_same_file(src, Path(extra)) or Path(extra) == dst):
+            raise InputError(f"{extra}: would overwrite the input or the output model")
+    from ..compile import compile_with_report, write_atomic
+
+    opts = options_from_args(args)
+    out, report, feasible = compile_with_report(str(src), args.device[0], opts)
     write_atomic(dst, out.SerializeToString())
     if args.report:
         write_atomic(Path(args.report), report.to_json().encode())
@@ -61,6 +100,31 @@ def cmd_compile(args) -> int:
               file=sys.stderr)
         return EXIT_INFEASIBLE
     return 0
+
+
+def _fleet(src: Path, outdir: Path, args) -> int:
+    """``OUTDIR`` gets one model + report per device and summary.json; the exit code is the fleet's."""
+    from ..fleet import compile_fleet, fleet_table, read_fleet_file
+
+    if args.report or args.plot:
+        raise InputError("--report and --plot apply to one device; a fleet writes a report per device and "
+                         "summary.json into OUTDIR")
+    devices = list(args.device) + (read_fleet_file(args.devices) if args.devices else [])
+    # stdout carries only results: what libraries print meanwhile (Ray's worker notices) goes to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = compile_fleet(str(src), devices, outdir, options_from_args(args), executor=args.executor,
+                                workers=args.workers, ray_address=args.ray_address)
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
+    else:
+        print(fleet_table(summary))
+    failed = [r for r in summary["devices"] if r["error"]]
+    if failed:
+        print(f"edgepass: error: {len(failed)} of {len(summary['devices'])} devices failed "
+              f"(first: {failed[0]['device']}: {failed[0]['error']})", file=sys.stderr)
+    elif summary["exit_code"]:
+        print("edgepass: error: some devices' budgets cannot be met; wrote their closest designs", file=sys.stderr)
+    return summary["exit_code"]
 
 
 def _check(src: Path, dst: Path, args) -> int:

@@ -65,7 +65,14 @@ class AmortizedOptimizer:
         opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
         g = torch.Generator().manual_seed(self.seed)
+        # every knob's logits padded to the widest knob, so one cross-entropy covers all knobs
+        # (sum over knobs of the batch-mean, as a loop over knobs would; padding gets -inf-like logits)
         splits = np.cumsum([0] + self.n_choices)
+        total, widest = int(splits[-1]), max(self.n_choices)
+        cols = np.full((len(self.n_choices), widest), total, dtype=np.int64)
+        for k, n in enumerate(self.n_choices):
+            cols[k, :n] = np.arange(splits[k], splits[k + 1])
+        cols_t, pad_mask = torch.tensor(cols), torch.tensor(cols == total)
         it = range(epochs)
         if progress:
             from tqdm import tqdm
@@ -77,8 +84,10 @@ class AmortizedOptimizer:
             self.net.train()
             for idx in torch.randperm(len(xt), generator=g).split(batch):
                 logits = self.net(xt[idx])
-                loss = sum(torch.nn.functional.cross_entropy(logits[:, splits[k]:splits[k + 1]], yt[idx, k])
-                           for k in range(len(self.n_choices)))
+                padded = torch.cat([logits, logits.new_zeros(len(idx), 1)], 1)[:, cols_t]
+                padded = padded.masked_fill(pad_mask, -1e9)
+                loss = torch.nn.functional.cross_entropy(padded.reshape(-1, widest), yt[idx].reshape(-1),
+                                                         reduction="sum") / len(idx)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -115,20 +124,24 @@ class AmortizedOptimizer:
         return r
 
     # -- persistence (no pickle) ------------------------------------------------------------
-    def save(self, path) -> Path:
+    def save(self, path, *, extra: dict | None = None, meta: dict | None = None) -> Path:
+        """Weights, config, ``extra`` arrays and ``meta`` (JSON) in one ``.npz``, written atomically."""
         path = Path(path)
         cfg = {"n_choices": self.n_choices, "device_dim": self.device_dim, "budget_dim": self.budget_dim,
                "hidden": self.hidden, "seed": self.seed, "format": "edgepass.amortized/1"}
         arrays = {f"p{i}": t.detach().numpy() for i, t in enumerate(self.net.state_dict().values())}
+        arrays.update({f"extra_{k}": np.asarray(v) for k, v in (extra or {}).items()})
         tmp = path.with_suffix(path.suffix + ".tmp")
         with open(tmp, "wb") as f:
             np.savez(f, config=np.frombuffer(json.dumps(cfg, sort_keys=True).encode(), dtype=np.uint8),
+                     meta=np.frombuffer(json.dumps(meta or {}, sort_keys=True).encode(), dtype=np.uint8),
                      x_mean=self.x_mean, x_std=self.x_std, **arrays)
         tmp.replace(path)
         return path
 
     @classmethod
-    def load(cls, path) -> "AmortizedOptimizer":
+    def load(cls, path, *, with_extra: bool = False):
+        """The optimizer (and, with ``with_extra``, its ``extra`` arrays and ``meta`` dict)."""
         torch = _torch()
         with np.load(str(path), allow_pickle=False) as z:
             cfg = json.loads(bytes(z["config"]).decode())
@@ -136,5 +149,7 @@ class AmortizedOptimizer:
             self.x_mean, self.x_std = z["x_mean"], z["x_std"]
             keys = list(self.net.state_dict().keys())
             self.net.load_state_dict({k: torch.from_numpy(z[f"p{i}"]) for i, k in enumerate(keys)})
+            extra = {k[len("extra_"):]: z[k] for k in z.files if k.startswith("extra_")}
+            meta = json.loads(bytes(z["meta"]).decode()) if "meta" in z.files else {}
         self.net.eval()
-        return self
+        return (self, extra, meta) if with_extra else self

@@ -32,6 +32,7 @@ class OptimizeResult:
     method: str
     code: np.ndarray | None = None
     notes: list = field(default_factory=list)
+    front: list | None = None      # (latency_ms, accuracy) of candidate designs the optimizer saw, or None
 
 
 @dataclass
@@ -42,6 +43,7 @@ class CallableProblem(Problem):
     accuracy_fn: object
     latency_fn: object
     energy_fn: object = None
+    latency_table: object = None   # the LatencyTable behind latency_fn (model spaces)
 
     def evaluate(self, codes) -> dict:
         codes = np.atleast_2d(np.asarray(codes, dtype=np.int64))
@@ -61,6 +63,20 @@ def cache_dir(path=None) -> Path:
 # --------------------------------------------------------------------------------------------
 # NAS-Bench-201 (zoo space)
 # --------------------------------------------------------------------------------------------
+def nb201_full_tables(zsp) -> dict:
+    """``{device: latency of all 15,625 cells}`` for every device of the training set that measured them all."""
+    from .. import dataset
+
+    ts = dataset.load().select(space="nb201", metric="latency_ms")
+    counts = np.bincount(ts.device_code, minlength=len(ts.devices))
+    tables = {}
+    for code in np.nonzero(counts >= len(zsp.accuracy))[0]:
+        lat = zsp.latency_table(ts.devices[code])
+        if not np.isnan(lat).any() and (lat > 0).all():
+            tables[ts.devices[code]] = lat
+    return tables
+
+
 def _nb201_optimizer(zsp, *, cache=None, progress=True) -> AmortizedOptimizer:
     """The amortized optimizer for NB201, trained on every fully measured device (cached)."""
     from .population import reference_designs, synthetic_devices, training_pairs
@@ -69,16 +85,8 @@ def _nb201_optimizer(zsp, *, cache=None, progress=True) -> AmortizedOptimizer:
     path = cache_dir(cache) / f"amortized-nb201-{key}.npz"
     if path.exists():
         return AmortizedOptimizer.load(path)
-    from .. import dataset
-
     print("[edgepass] training the amortized optimizer for nb201 (once; cached)", file=sys.stderr)
-    ts = dataset.load().select(space="nb201", metric="latency_ms")
-    counts = np.bincount(ts.device_code, minlength=len(ts.devices))
-    tables = {}
-    for code in np.nonzero(counts >= len(zsp.accuracy))[0]:
-        lat = zsp.latency_table(ts.devices[code])
-        if not np.isnan(lat).any() and (lat > 0).all():
-            tables[ts.devices[code]] = lat
+    tables = nb201_full_tables(zsp)
     refs = reference_designs(len(zsp.accuracy))
     pairs = training_pairs(zsp.problem, {**tables, **synthetic_devices(tables, 200)}, refs)
     opt = AmortizedOptimizer(zsp.n_choices, device_dim=len(refs))
@@ -115,6 +123,40 @@ def _optimize_zoo(zsp, device, budget: Budget, method: str, seed: int, cache) ->
 # --------------------------------------------------------------------------------------------
 # a model's design space
 # --------------------------------------------------------------------------------------------
+def model_optimizer(space, accuracy_fn, *, cache=None, seed: int = 0, options: dict | None = None,
+                    progress: bool = True):
+    """The trained amortized optimizer of ``space`` for ``accuracy_fn``: loaded from the cache, or
+    trained once (over the database devices + synthetic ones) and saved there."""
+    import json
+
+    from ..predictors.latency import artifact_sha
+    from . import model_space
+
+    options = dict(options or {})
+    allowed = set(model_space.TRAIN_OPTIONS)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise InputError(f"unknown amortized optimizer option(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(allowed))}")
+    parts = [space.hash(), model_space.accuracy_key(accuracy_fn, space), artifact_sha(), model_space.FORMAT,
+             json.dumps({"seed": seed, **options}, sort_keys=True)]
+    key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    path = cache_dir(cache) / f"amortized-{space.hash()}-{key}.npz"
+    if path.exists():
+        try:
+            opt = model_space.ModelSpaceOptimizer.load(path)
+            opt.info["key"] = key
+            return opt
+        except (OSError, ValueError, KeyError):
+            pass                                   # unreadable or stale: train again
+    print(f"[edgepass] training the amortized optimizer for this design space (once; cached in {path.parent})",
+          file=sys.stderr)
+    opt = model_space.train(space, accuracy_fn, seed=seed, progress=progress, **options)
+    opt.info["key"] = key
+    opt.save(path)
+    return opt
+
+
 def model_problem(space, device, *, accuracy_fn=None, energy=True):
     """Predicted accuracy / latency / energy of a model's designs on ``device`` as a Problem."""
     from ..predictors.latency import LatencyTable
@@ -125,16 +167,25 @@ def model_problem(space, device, *, accuracy_fn=None, energy=True):
         try:
             from ..predictors.accuracy import data_free_accuracy_fn
         except ImportError:
-            raise InputError("no accuracy predictor available: pass accuracy_fn (codes -> accuracy)") from None
-        accuracy_fn = data_free_accuracy_fn(space)
-        notes.append("accuracy: data-free estimate (no calibration data)")
+            from .sensitivity import weight_energy_fn
+
+            accuracy_fn = weight_energy_fn(space)
+            notes.append("accuracy: " + accuracy_fn.description)
+        else:
+            accuracy_fn = data_free_accuracy_fn(space)
+            notes.append("accuracy: data-free estimate (no calibration data)")
     n_choices = [len(c) for _, _, c in space.knobs()]
-    return CallableProblem(n_choices, accuracy_fn, table.predict), notes
+    latency_fn = table.predict
+    if table.state["a"] == 0.0 and table.state["b"] == 1.0 and table.tables:
+        from .model_space import TableCosts
+
+        latency_fn = TableCosts.of(table).predict     # same sums, one gather per batch (no few-shot correction)
+    return CallableProblem(n_choices, accuracy_fn, latency_fn, latency_table=table), notes
 
 
 def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_accuracy_drop=None,
              method: str = "amortized", example_inputs=None, accuracy_fn=None, seed: int = 0, cache=None,
-             strict: bool = False) -> OptimizeResult:
+             strict: bool = False, train_options: dict | None = None) -> OptimizeResult:
     """A design of ``model_or_space`` for ``device`` within the budget.
 
     ``model_or_space``: a zoo space (``edgepass.zoo.space("nb201")``), or a model / ``DesignSpace``
@@ -142,7 +193,11 @@ def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_acc
     ``method``: ``"amortized"`` (one forward pass + repair), ``"search"`` (evolutionary, population
     100 x 500 iterations) or ``"exhaustive"`` (small spaces). With ``strict=True`` an infeasible
     budget raises :class:`InfeasibleBudgetError` (the closest design attached); otherwise the result
-    says ``feasible=False``.
+    says ``feasible=False``. For a model's space the amortized optimizer is trained on first use
+    (progress on stderr) and cached under ``cache_dir(cache)``, keyed by the space, the accuracy
+    function, the latency predictor and ``seed``/``train_options`` (keyword arguments of
+    :func:`edgepass.optimizers.model_space.train`, e.g. ``{"synthetic": 50, "epochs": 20}``).
+    ``result.front``: (latency_ms, accuracy) of candidate designs seen (None for exhaustive/zoo).
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -160,16 +215,30 @@ def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_acc
         ident = space.encode(space.identity())
         ref = float(problem.evaluate(ident[None])["accuracy"][0])
         t0 = time.perf_counter()
-        if method == "exhaustive":
+        front = None
+        used = method
+        if method == "amortized" and budget.latency_ms is None:
+            notes.append("the amortized optimizer takes a latency budget: searched instead")
+            used = "search"
+        elif method == "amortized" and not problem.n_choices:
+            notes.append("the design space has no knobs: nothing to optimize")
+            used = "search"
+        if used == "exhaustive":
             r = exhaustive(problem, budget, reference_accuracy=ref)
+        elif used == "amortized":
+            opt = model_optimizer(space, problem.accuracy_fn, cache=cache, seed=seed, options=train_options)
+            r = opt.optimize(problem, budget, problem.latency_table, reference_accuracy=ref)
+            front = opt.front(problem, problem.latency_table)
+            notes.append(f"amortized optimizer {opt.info.get('key', '')} (trained on {opt.info.get('real_devices')} "
+                         f"database + {opt.info.get('synthetic_devices')} synthetic devices)")
         else:
-            if method == "amortized":
-                notes.append("no amortized optimizer is trained for this space yet: searched instead")
             r = evolutionary(problem, budget, seed=seed, reference_accuracy=ref, init=ident[None])
+            front = r.front
             r = repair(problem, budget, r.code, reference_accuracy=ref)
+        if front is not None:
+            front = front + [(float(r.latency_ms), float(r.accuracy))]
         result = OptimizeResult(space.decode(r.code), r.latency_ms, r.energy_mj, r.accuracy, r.feasible,
-                                time.perf_counter() - t0, "search" if method == "amortized" else method,
-                                r.code, notes)
+                                time.perf_counter() - t0, used, r.code, notes, front)
     if strict and not result.feasible:
         raise InfeasibleBudgetError(f"no design meets the budget; closest: {result.latency_ms:.3g} ms, "
                                     f"accuracy {result.accuracy:.3g}", closest=result)

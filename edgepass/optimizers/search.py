@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -21,6 +22,7 @@ class SearchResult:
     seconds: float
     evaluations: int = 0
     history: list = field(default_factory=list)   # best objective per iteration
+    front: list | None = None                      # (latency_ms, accuracy) of the final candidates
 
 
 def _rank_key(problem: Problem, budget: Budget, codes, reference_accuracy):
@@ -98,19 +100,28 @@ def evolutionary(problem: Problem, budget: Budget, *, population: int = 100, ite
         history.append(best)
         if patience is not None and stale >= patience:
             break
-    return _result(problem, budget, pop[int(np.argmax(key))], reference_accuracy, t0, evals, history)
+    r = _result(problem, budget, pop[int(np.argmax(key))], reference_accuracy, t0, evals, history)
+    ev = problem.evaluate(pop)
+    r.front = sorted(zip(np.asarray(ev["latency_ms"], dtype=float).tolist(),
+                         np.asarray(ev["accuracy"], dtype=float).tolist()))
+    return r
+
+
+@lru_cache(maxsize=32)
+def _moves(n_choices: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """(knob, offset) of every one-knob move, knob by knob; the offset skips the current choice."""
+    knob = np.repeat(np.arange(len(n_choices)), np.maximum(np.asarray(n_choices) - 1, 0))
+    offset = np.concatenate([np.arange(n - 1) for n in n_choices]) if len(n_choices) else np.zeros(0, int)
+    return knob, offset.astype(np.int64)
 
 
 def neighbours(code: np.ndarray, n_choices) -> np.ndarray:
-    """Every design one knob away from ``code``."""
-    out = []
-    for k, n in enumerate(n_choices):
-        for c in range(n):
-            if c != code[k]:
-                nb = code.copy()
-                nb[k] = c
-                out.append(nb)
-    return np.asarray(out, dtype=np.int64).reshape(-1, len(code))
+    """Every design one knob away from ``code`` (knob by knob, choices ascending; vectorised)."""
+    code = np.asarray(code, dtype=np.int64)
+    knob, offset = _moves(tuple(int(n) for n in n_choices))
+    out = np.repeat(code[None], len(knob), axis=0)
+    out[np.arange(len(knob)), knob] = offset + (offset >= code[knob])
+    return out
 
 
 def repair(problem: Problem, budget: Budget, code, *, reference_accuracy=None, polish: int = 0,

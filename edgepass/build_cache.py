@@ -1,0 +1,107 @@
+"""The compile cache's accuracy-predictor entries (``--cache-dir``).
+
+A fitted :class:`~edgepass.predictors.accuracy.AccuracyPredictor` is the slow part of a compile
+(hundreds of rewrites measured on the calibration data), and it depends only on the model, the
+data, the design space and its options, not on the device: it is stored once as JSON (never a
+pickle: a cache directory may be shared) and reloaded by later compiles and by every device of a
+fleet. The key also covers the predictor's source code, so editing the predictor invalidates it.
+Trained optimizers live in the same directory (``edgepass.optimizers.api.cache_dir``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+# the inputs, re-attached from the current compile on load rather than stored
+_INPUTS = ("model", "space", "x", "labels", "example_inputs", "knobs", "reference")
+_VERSION = 1
+
+
+def _source_sha() -> str:
+    from .predictors import accuracy
+
+    return hashlib.sha256(Path(accuracy.__file__).read_bytes()).hexdigest()[:12]
+
+
+def _path(cache_dir, key: str) -> Path:
+    from .optimizers.api import cache_dir as resolve
+
+    digest = hashlib.sha256(f"{_VERSION}-{_source_sha()}-{key}".encode()).hexdigest()[:24]
+    return resolve(cache_dir) / "accuracy" / f"{digest}.json"
+
+
+def _encode(v):
+    if isinstance(v, np.ndarray):
+        return {"__ndarray__": v.tolist(), "dtype": str(v.dtype)}
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, tuple):
+        return {"__tuple__": [_encode(x) for x in v]}
+    if isinstance(v, list):
+        return [_encode(x) for x in v]
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) for k in v):
+            raise TypeError("non-string keys")
+        return {k: _encode(x) for k, x in v.items()}
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise TypeError(f"cannot store a {type(v).__name__}")
+
+
+def _decode(v):
+    if isinstance(v, dict):
+        if "__ndarray__" in v:
+            return np.asarray(v["__ndarray__"], dtype=v["dtype"])
+        if "__tuple__" in v:
+            return tuple(_decode(x) for x in v["__tuple__"])
+        return {k: _decode(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode(x) for x in v]
+    return v
+
+
+def save_accuracy(cache_dir, key: str, predictor) -> bool:
+    """Store ``predictor``'s fitted state; False (and nothing written) when it cannot be stored."""
+    try:
+        state = {k: _encode(v) for k, v in vars(predictor).items() if k not in _INPUTS}
+        text = json.dumps({"class": type(predictor).__qualname__, "state": state}, sort_keys=True)
+        path = _path(cache_dir, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        return True
+    except (TypeError, ValueError, OSError):
+        return False
+
+
+def load_accuracy(cache_dir, key: str, *, model, space, x, labels, example_inputs):
+    """The cached predictor for ``key`` with the current inputs re-attached, or None."""
+    from .api import is_torch_module
+    from .predictors.accuracy import AccuracyPredictor
+
+    try:
+        path = _path(cache_dir, key)
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # an unreadable entry is a miss, not an error
+    if data.get("class") != AccuracyPredictor.__qualname__:
+        return None
+    pred = AccuracyPredictor.__new__(AccuracyPredictor)
+    pred.__dict__.update({k: _decode(v) for k, v in data["state"].items()})
+    pred.model, pred.space, pred.example_inputs = model, space, example_inputs
+    pred.torch = is_torch_module(model)
+    pred.x = None if x is None else np.asarray(x, dtype=np.float32)
+    pred.labels = None if labels is None else np.asarray(labels)
+    pred.knobs = space.knobs()
+    pred.reference = None  # only measuring new designs needs it; a compile only predicts
+    return pred
+
+
+__all__ = ["save_accuracy", "load_accuracy"]
