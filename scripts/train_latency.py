@@ -29,15 +29,22 @@ def main(argv=None) -> int:
     ap.add_argument("--featurize", action="store_true", help="build missing IR features first (slow: ~0.2 s/arch)")
     ap.add_argument("--no-holdout", action="store_true", help="skip the held-out check (one fit only)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-cache", type=Path, default=ROOT / "benchmarks" / "out",
+                    help="where the collected training rows are pickled (collect takes ~10 min)")
+    ap.add_argument("--init", type=Path, metavar="MODEL", help="continue training from MODEL (e.g. the shipped artifact)")
+    ap.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (use ~3e-3 with --init)")
+    ap.add_argument("--recollect", action="store_true", help="rebuild the pickled training rows")
+    ap.add_argument("--corrections-only", type=Path, metavar="MODEL",
+                    help="keep MODEL's MLP, (re)fit only the per-device corrections, write --out")
     ap.add_argument("--compare", action="store_true",
                     help="only compare model families on held-out graphs (summed MLP vs gradient boosting on graph summaries)")
     args = ap.parse_args(argv)
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # shared 2-core machine
     from edgepass import dataset
     from edgepass.predictors.features import training_specs
-    from edgepass.predictors.train_latency import collect, predict_rows, train
+    from edgepass.predictors.train_latency import collect_cached, predict_rows, train
 
     if args.featurize:
         from tqdm import tqdm
@@ -45,11 +52,18 @@ def main(argv=None) -> int:
         for s in tqdm(training_specs(dataset.load()), desc="featurizing", file=sys.stderr):
             dataset.features(s)
     t0 = time.time()
-    D = collect()
+    D = collect_cached(args.data_cache, refresh=args.recollect)
     print(f"{len(D.rows_g)} rows, {len(D.g_ops)} graphs, {len(D.U)} unique ops, {len(set(D.rows_d))} devices "
           f"({time.time() - t0:.0f} s)", file=sys.stderr)
     if args.compare:
         return compare(D, args.minutes, args.seed)
+    if args.corrections_only:
+        from edgepass.predictors.latency import LatencyModel
+
+        model = add_corrections(LatencyModel.load(args.corrections_only), D)
+        model.header["training"]["command"] = "python scripts/train_latency.py " + " ".join(argv or sys.argv[1:])
+        write(model, args.out)
+        return 0
     heldout = {}
     if not args.no_holdout:
         rng = np.random.default_rng(args.seed)
@@ -66,13 +80,51 @@ def main(argv=None) -> int:
                    "cpu_within10": round(float((err[cpu] <= 0.1).mean()), 4) if cpu.any() else None}
         print(f"held-out graphs (trained devices): {heldout}", file=sys.stderr)
     version = f"mlp-{time.strftime('%Y%m%d')}-{len(D.rows_g)}r"
-    model = train(D, minutes=args.minutes, seed=args.seed, version=version)
+    from edgepass.predictors.latency import LatencyModel
+
+    init = LatencyModel.load(args.init) if args.init else None
+    model = train(D, minutes=args.minutes, seed=args.seed, version=version, init=init, lr=args.lr)
     model.header["training"]["heldout_graphs_10pct"] = heldout
+    model = add_corrections(model, D)
     model.header["training"]["command"] = "python scripts/train_latency.py " + " ".join(argv or sys.argv[1:])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(args.out)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB) in {time.time() - t0:.0f} s", file=sys.stderr)
+    write(model, args.out)
+    print(f"{time.time() - t0:.0f} s", file=sys.stderr)
     return 0
+
+
+#: devices with enough own measurements for a per-device correction (our CPU, onnxruntime 1/2 threads)
+MIN_CORRECTION_ROWS = 200
+
+
+def add_corrections(model, D):
+    """Fit :func:`edgepass.predictors.latency.fit_correction` on every trained ``local/`` device
+    with >= MIN_CORRECTION_ROWS rows (all its rows, designs included)."""
+    from edgepass.devices import get_device
+    from edgepass.predictors.latency import fit_correction
+
+    rows_d = np.asarray(D.rows_d)
+    corr = {}
+    for dev in sorted({d for d in D.rows_d if d.startswith("local/") and d in model.dev_index}):
+        rows = np.nonzero(rows_d == dev)[0]
+        if len(rows) < MIN_CORRECTION_ROWS:
+            continue
+        st = {k: v for k, v in model.device_state(get_device(dev)).items() if k != "corr"}
+        corr[dev] = fit_correction(model, [D.g_mat[D.rows_g[i]] for i in rows], np.exp(np.asarray(D.rows_y)[rows]), st)
+        print(f"correction for {dev}: {len(rows)} rows", file=sys.stderr)
+    out = model.with_corrections(corr)
+    out.header["training"]["corrections"] = {d: int((rows_d == d).sum()) for d in corr}
+    return out
+
+
+def write(model, path: Path) -> None:
+    """Write atomically (other processes load the shipped artifact live)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    model.save(tmp)
+    os.replace(tmp, path)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", file=sys.stderr)
 
 
 def compare(D, minutes: float, seed: int) -> int:
