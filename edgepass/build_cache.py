@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -66,16 +65,17 @@ def _decode(v):
 
 def save_accuracy(cache_dir, key: str, predictor) -> bool:
     """Store ``predictor``'s fitted state; False (and nothing written) when it cannot be stored."""
+    from .compile import write_atomic
+    from .errors import InputError
+
     try:
         state = {k: _encode(v) for k, v in vars(predictor).items() if k not in _INPUTS}
         text = json.dumps({"class": type(predictor).__qualname__, "state": state}, sort_keys=True)
         path = _path(cache_dir, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        write_atomic(path, text.encode())
         return True
-    except (TypeError, ValueError, OSError):
+    except (TypeError, ValueError, OSError, InputError):
         return False
 
 

@@ -69,17 +69,13 @@ def _seed_cache(cache_dir, files: dict) -> None:
     on another Ray node it saves training them again)."""
     if not files:
         return
-    import os
-
     from .optimizers.api import cache_dir as resolve
 
     base = resolve(cache_dir)
     for name, data in files.items():
         path = base / name
         if not path.exists():
-            tmp = path.with_name(f".{name}.tmp-{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            write_atomic(path, data)
 
 
 def _row(entry, dev_id=None) -> dict:

@@ -17,6 +17,7 @@ Saved as ``.npz`` (weights and config, no pickle).
 """
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -131,12 +132,13 @@ class AmortizedOptimizer:
                "hidden": self.hidden, "seed": self.seed, "format": "edgepass.amortized/1"}
         arrays = {f"p{i}": t.detach().numpy() for i, t in enumerate(self.net.state_dict().values())}
         arrays.update({f"extra_{k}": np.asarray(v) for k, v in (extra or {}).items()})
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, config=np.frombuffer(json.dumps(cfg, sort_keys=True).encode(), dtype=np.uint8),
-                     meta=np.frombuffer(json.dumps(meta or {}, sort_keys=True).encode(), dtype=np.uint8),
-                     x_mean=self.x_mean, x_std=self.x_std, **arrays)
-        tmp.replace(path)
+        from ..compile import write_atomic
+
+        buf = io.BytesIO()
+        np.savez(buf, config=np.frombuffer(json.dumps(cfg, sort_keys=True).encode(), dtype=np.uint8),
+                 meta=np.frombuffer(json.dumps(meta or {}, sort_keys=True).encode(), dtype=np.uint8),
+                 x_mean=self.x_mean, x_std=self.x_std, **arrays)
+        write_atomic(path, buf.getvalue())
         return path
 
     @classmethod
