@@ -10,7 +10,8 @@ Split: train 957 / validation 300 (calibration data and labels for edgepass, ran
 test 540 (every accuracy below). At 75 %, 50 %, 30 % of the original's measured latency on this
 CPU (onnxruntime, 1 thread, median) it reports, with measured latencies:
   * edgepass: ``compile_with_report(onnx, "local/cpu-ort-1t", latency_ms=..., calibration_data=,
-    labels=)``; the budget is given in the predictor's units (fraction x predicted original), then
+    labels=, calibrate_latency=True)`` (4 designs measured first; ``--no-calibrate-latency`` for
+    the predictor alone; compile also measures 4 candidates on the validation data); the budget is given in the predictor's units (fraction x predicted original), then
     corrected with the compiled model's measured latency (scaled, then bisected; <= 5 compiles)
     until it measures within 5 % of the target.
     The chosen design is shown without recovery, with batch-norm recalibration (what compile returns)
@@ -52,6 +53,8 @@ from edgepass.rewrite import run_model  # noqa: E402
 DEVICE = "local/cpu-ort-1t"
 SIZE = 16
 TOL = 0.05
+#: extra compile options of the edgepass rows (set by main: --no-calibrate-latency)
+EDGEPASS_OPTIONS: dict = {"calibrate_latency": True}
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,7 +148,7 @@ def edgepass_at(proto, target_ms: float, fraction: float, cal, labels, *, tries:
     for _ in range(tries):
         if net is None:
             out, rep, feasible = quiet(compile_with_report, proto, DEVICE, latency_ms=budget, calibration_data=cal,
-                                       labels=labels, seed=0, measure=False)
+                                       labels=labels, seed=0, measure=False, **EDGEPASS_OPTIONS)
         else:   # PyTorch input (cheaper accuracy sweep: FX batch norms), the design realised on the ONNX
             _, rep, feasible = quiet(compile_with_report, net, DEVICE, latency_ms=budget, calibration_data=cal,
                                      labels=labels, seed=0, measure=False, example_inputs=(torch.from_numpy(cal[:1]),))
@@ -342,7 +345,12 @@ def main() -> int:
     ap.add_argument("--tv-tries", type=int, default=2, help="compiles per target for the torchvision models")
     ap.add_argument("--quick", action="store_true", help="one net, fractions 0.5, no torchvision")
     ap.add_argument("--tag", default="", help="suffix of the output names (quality<tag>.json/.png)")
+    ap.add_argument("--no-calibrate-latency", action="store_true",
+                    help="compile without measuring 4 designs first (ONNX digits rows; the torchvision rows "
+                         "compile the PyTorch module and never calibrate)")
+    ap.add_argument("--evaluate-top", type=int, default=None, help="compile's evaluate_top (default: its own)")
     args = ap.parse_args()
+    EDGEPASS_OPTIONS.update(calibrate_latency=not args.no_calibrate_latency, evaluate_top=args.evaluate_top)
     if args.quick:
         args.nets, args.fractions, args.torchvision, args.predictor_designs = "residual", "0.5", "none", 16
     torch.set_num_threads(1)

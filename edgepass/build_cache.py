@@ -100,7 +100,9 @@ def load_accuracy(cache_dir, key: str, *, model, space, x, labels, example_input
     pred.x = None if x is None else np.asarray(x, dtype=np.float32)
     pred.labels = None if labels is None else np.asarray(labels)
     pred.knobs = space.knobs()
-    pred.reference = None  # only measuring new designs needs it; a compile only predicts
+    # the original's top-1 on the same data: what fidelity is measured against (compile's evaluate_top)
+    ref = getattr(pred, "reference_logits", None)
+    pred.reference = None if ref is None else np.asarray(ref).argmax(1)
     return pred
 
 

@@ -49,6 +49,8 @@ class Report:
     seconds: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     verified: bool = False
+    #: with ``evaluate_top``: the candidates measured on the calibration data (chosen one marked)
+    selection: list | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +104,11 @@ class Report:
                 ("  SLOWER than the original" if m.get("slower_than_original") else "")
             out.append(f"latency (measured here) {m['before_ms']:.3f} ms -> {m['after_ms']:.3f} ms "
                        f"(predicted {pr['latency_ms'][1]:.3f} ms, error {100 * m['error']:+.1f} %){flag}")
+        for i, c in enumerate(self.selection or []):
+            here = f", measured here {c['measured_ms']:.3f} ms" if "measured_ms" in c else ""
+            out.append(f"candidate {i + 1}: predicted {c['predicted_latency_ms']:.3f} ms{here}, predicted accuracy "
+                       f"{c['predicted_accuracy']:.3f}, on the calibration data {c['measured_on_calibration']:.3f}"
+                       f"{'  <- chosen' if c['chosen'] else ''}")
         out.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.seconds.items()))
         out.extend(f"note: {n}" for n in self.notes)
         return "\n".join(out)
@@ -162,6 +169,13 @@ class CompileOptions:
     predicted latency vs accuracy. ``accuracy_options``: keyword options of the accuracy predictor
     (``max_levels``, ``max_knobs``, ``n_fit``: a cheaper sensitivity sweep for big models);
     ``optimizer_options``: training options of the amortized optimizer (``optimize(train_options=)``).
+    ``calibrate_latency``: on this machine's devices (``local/cpu-ort-*``, ONNX input) first measure
+    a few designs of the model (original, uniform int8, half width in fp32 and int8) and calibrate the
+    latency predictor's fp32 and int8 scales on them; the design then depends on timings, so the
+    output is not byte-reproducible.
+    ``evaluate_top``: measure this many good designs under the budget (the optimizer's pick and
+    repaired uniform designs) on the calibration data, with the same recovery, and keep the best
+    measured; ``None`` = 4 when calibration data is given, else 0 (off; it needs calibration data).
     """
 
     latency_ms: float | None = None
@@ -183,6 +197,8 @@ class CompileOptions:
     plot: str | None = None
     accuracy_options: dict | None = None
     optimizer_options: dict | None = None
+    evaluate_top: int | None = None
+    calibrate_latency: bool = False
 
     def __post_init__(self):
         from .optimizers.api import METHODS
@@ -194,6 +210,8 @@ class CompileOptions:
                 raise InputError("give latency_ms or latency_fraction, not both")
             if not (np.isfinite(self.latency_fraction) and self.latency_fraction > 0):
                 raise InputError(f"latency_fraction must be a positive number, not {self.latency_fraction!r}")
+        if self.evaluate_top is not None and (not isinstance(self.evaluate_top, int) or self.evaluate_top < 0):
+            raise InputError(f"evaluate_top must be a non-negative integer, not {self.evaluate_top!r}")
         if all(v is None for v in (self.latency_ms, self.latency_fraction, self.energy_mj, self.max_accuracy_drop)):
             raise InputError("give a budget: latency_ms, latency_fraction, energy_mj and/or max_accuracy_drop")
         # normalise list-like options so options compare and hash by value
@@ -210,6 +228,12 @@ class CompileOptions:
         if unknown:
             raise TypeError(f"unknown compile option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
         return replace(options, **kwargs) if options is not None else cls(**kwargs)
+
+    def n_evaluated(self) -> int:
+        """How many candidate designs a compile measures on the calibration data (``evaluate_top``)."""
+        if self.evaluate_top is not None:
+            return self.evaluate_top
+        return 4 if self.calibration_data is not None else 0
 
     def budget(self, original_ms: float):
         """The :class:`Budget` for a device whose original model is predicted at ``original_ms``."""
@@ -241,6 +265,13 @@ class Target:
     accuracy: Any
     notes: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
+    evaluated: dict = field(default_factory=dict)   # design JSON -> measured metric (shared by a fleet's devices)
+
+    def evaluate(self, design) -> float:
+        key = design.to_json(indent=None)
+        if key not in self.evaluated:
+            self.evaluated[key] = float(self.accuracy.evaluate(design))
+        return self.evaluated[key]
 
 
 def prepare(model, options: CompileOptions) -> Prepared:
@@ -324,6 +355,8 @@ def compile_with_report(model, device, options: CompileOptions | None = None, /,
 
     opts = CompileOptions.of(options, **kwargs)
     dev = get_device(device)
+    if opts.calibrate_latency:
+        _check_local(dev)
     prep = prepare(model, opts)
     tgt = target(prep, allowed_precisions(dev, opts), opts)
     return compile_prepared(prep, tgt, dev, opts)
@@ -337,14 +370,41 @@ def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
 
     graph, space, acc, source = prep.graph, tgt.space, tgt.accuracy, prep.source
     t = {**prep.seconds, **tgt.seconds}
+    calibration_note = None
+    if opts.calibrate_latency:
+        t0 = time.perf_counter()
+        dev, calibration_note = _calibrate_latency(prep, space, dev, opts)
+        t["calibrate_latency"] = time.perf_counter() - t0
     base = predict(graph, dev)
     budget = opts.budget(base.latency_ms)
     t0 = time.perf_counter()
     result = optimize(space, dev, latency_ms=budget.latency_ms, energy_mj=budget.energy_mj,
                       max_accuracy_drop=budget.max_accuracy_drop, method=opts.method, accuracy_fn=acc.predict_codes,
-                      seed=opts.seed, cache=opts.cache_dir, train_options=opts.optimizer_options)
+                      seed=opts.seed, cache=opts.cache_dir, train_options=opts.optimizer_options,
+                      candidates=opts.n_evaluated() if prep.calibration is not None else 0)
     t["optimize"] = time.perf_counter() - t0
-    notes = list(result.notes) + list(tgt.notes)
+    notes = list(result.notes) + list(tgt.notes) + ([calibration_note] if calibration_note else [])
+    selection, latency_of = None, None
+    if opts.calibrate_latency and budget.latency_ms is not None and result.feasible and opts.n_evaluated() > 1 \
+            and prep.calibration is not None:
+        # measuring here anyway: also consider designs predicted up to LOOSE x over the budget (the
+        # calibrated predictor still errs by ~15 % on mixed precisions) and keep what *measures* within it
+        t0 = time.perf_counter()
+        loose = optimize(space, dev, latency_ms=budget.latency_ms * LOOSE, energy_mj=budget.energy_mj,
+                         max_accuracy_drop=budget.max_accuracy_drop, method=opts.method,
+                         accuracy_fn=acc.predict_codes, seed=opts.seed, cache=opts.cache_dir,
+                         train_options=opts.optimizer_options, candidates=opts.n_evaluated())
+        have = list(result.candidates or [(result.design, result.latency_ms, result.accuracy)])
+        have += [c for c in (loose.candidates or []) if all(c[0] != h[0] for h in have)]
+        have += [c for c in _uniform_candidates(space, dev, acc, budget.latency_ms * LOOSE)
+                 if all(c[0] != h[0] for h in have)]
+        result.candidates = have
+        latency_of = _local_latency(prep, dev, opts)
+        t["optimize"] += time.perf_counter() - t0
+    if result.candidates and len(result.candidates) > 1:
+        t0 = time.perf_counter()
+        selection = _select(tgt, result, notes, latency_of=latency_of, budget_ms=budget.latency_ms)
+        t["evaluate"] = time.perf_counter() - t0
     unknown = list(graph.graph.get("unknown_ops") or [])
     if unknown:
         notes.append(f"left untouched: operator(s) edgepass does not know ({', '.join(unknown[:8])}); "
@@ -379,6 +439,7 @@ def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
         predicted={"latency_ms": [base.latency_ms, chosen.latency_ms],
                    "energy_mj": [base.energy_mj, chosen.energy_mj],
                    "accuracy": [float(acc.predict_codes(space.encode(ident)[None])[0]), float(result.accuracy)]},
+        selection=selection,
         totals={"macs": [int(graph.macs), int(new_graph.macs)], "params": [int(graph.params), int(new_graph.params)],
                 "size_bytes": [_model_bytes(source), _model_bytes(applied.model)]},
         layers=_layer_rows(space, design, base.layers, chosen.layers), seconds=t, notes=notes, verified=v.ok)
@@ -405,6 +466,105 @@ def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
         entry = meta.get("edgepass.report") or out.metadata_props.add()
         entry.key, entry.value = "edgepass.report", json.dumps(report.stable_dict(), sort_keys=True, default=float)
     return out, report, bool(result.feasible)
+
+
+#: designs measured by ``calibrate_latency``: (width ratio, precision)
+CALIBRATION_DESIGNS = ((1.0, None), (1.0, "int8"), (0.5, None), (0.5, "int8"))
+
+
+def _check_local(dev) -> None:
+    if not dev.id.startswith(LOCAL_PREFIX):
+        raise InputError(f"calibrate_latency measures on this machine: only for the {LOCAL_PREFIX}* devices, "
+                         f"not {dev.id}")
+
+
+def _calibrate_latency(prep: Prepared, space, dev, opts: CompileOptions):
+    """Measure :data:`CALIBRATION_DESIGNS` of the model here and return the device with the latency
+    predictor calibrated on them (:func:`edgepass.predictors.latency.calibrate_on_designs`)."""
+    from .devices.measure import measure
+    from .predictors.latency import calibrate_on_designs
+    from .rewrite import apply_design
+
+    _check_local(dev)
+    if prep.torch_input:
+        raise InputError("calibrate_latency measures ONNX models: give the model as ONNX")
+    designs = []
+    for ratio, precision in CALIBRATION_DESIGNS:
+        if precision is not None and not any(precision in ps for ps in space.precisions.values()):
+            continue
+        d = space.uniform(ratio, precision=precision)
+        if all(d != x for x in designs):
+            designs.append(d)
+    threads = int(dev.threads or 1)
+    graphs, ms = [], []
+    for d in designs:
+        model = apply_design(prep.source, d, calibration_data=opts.calibration_data, input_shapes=opts.input_shapes,
+                             recalibrate=False).model
+        graphs.append(space.design_graph(d))
+        ms.append(measure(model, threads=threads, runs=20).median_ms)
+    cal_dev, info = calibrate_on_designs(dev, graphs, ms)
+    note = (f"latency calibrated on {info['designs']} designs of this model measured here: fp32 x{info['fp']:.2f}, "
+            f"int8 x{info['int8']:.2f}, +{info['extra_ms']:.3f} ms (largest error on them "
+            f"{100 * info['max_rel_error']:.0f} %)")
+    return cal_dev, note
+
+
+#: with calibrate_latency, candidates predicted up to this factor over the latency budget are measured
+LOOSE = 1.25
+
+
+def _uniform_candidates(space, dev, acc, max_ms: float) -> list:
+    """Every uniform design (each width ratio, fp32 and int8 where offered) predicted within ``max_ms``,
+    as ``(design, predicted ms, predicted accuracy)``: on this machine they are measured, not trusted."""
+    from .optimizers.candidates import RATIOS
+    from .predictors.latency import LatencyTable
+
+    table = LatencyTable(space, dev)
+    precs = [None] + (["int8"] if any("int8" in ps for ps in space.precisions.values()) else [])
+    designs = [space.uniform(r, precision=p) for p in precs for r in RATIOS]
+    codes = np.stack([space.encode(d) for d in designs])
+    lat, a = table.predict(codes), acc.predict_codes(codes)
+    return [(d, float(ms), float(x)) for d, ms, x in zip(designs, lat, a) if ms <= max_ms]
+
+
+def _local_latency(prep: Prepared, dev, opts: CompileOptions):
+    """design -> median latency (ms) of the rewritten model measured here (the device's threads)."""
+    from .devices.measure import measure
+    from .rewrite import apply_design
+
+    def latency_of(design) -> float:
+        model = apply_design(prep.source, design, calibration_data=opts.calibration_data,
+                             input_shapes=opts.input_shapes, recalibrate=False).model
+        return float(measure(model, threads=int(dev.threads or 1), runs=20).median_ms)
+    return latency_of
+
+
+def _select(tgt: Target, result, notes: list, *, latency_of=None, budget_ms=None) -> list:
+    """Measure ``result.candidates`` on the calibration data (with the compile's recovery) and make
+    the best measured one ``result``'s design; ties keep the optimizer's order (its pick first).
+    With ``latency_of`` (this machine), only candidates whose measured latency is within
+    ``budget_ms`` are eligible (none: the optimizer's pick stays)."""
+    rows = []
+    for i, (design, lat, acc) in enumerate(result.candidates):
+        rows.append({"design": design.to_dict(), "predicted_latency_ms": lat, "predicted_accuracy": acc,
+                     "measured_on_calibration": tgt.evaluate(design), "chosen": False})
+        if latency_of is not None:
+            rows[-1]["measured_ms"] = latency_of(design)
+    eligible = [i for i, r in enumerate(rows) if latency_of is None or r["measured_ms"] <= budget_ms]
+    if not eligible:
+        notes.append(f"none of {len(rows)} candidates measured within the budget here: kept the optimizer's pick")
+        eligible = [0]
+    best = max(eligible, key=lambda i: (rows[i]["measured_on_calibration"], -i))
+    rows[best]["chosen"] = True
+    metric = tgt.accuracy.info.get("metric", "accuracy")
+    if best != 0:
+        notes.append(f"chose candidate {best + 1} of {len(rows)}: {metric} on the calibration data "
+                     f"{rows[best]['measured_on_calibration']:.3f} vs {rows[0]['measured_on_calibration']:.3f} "
+                     f"for the optimizer's pick" + (" (measured here within the budget)" if latency_of else ""))
+        design, lat, acc = result.candidates[best]
+        result.design, result.latency_ms, result.accuracy = design, lat, acc
+        result.code = tgt.space.encode(design)   # energy: the report re-predicts the chosen design
+    return rows
 
 
 def _fingerprint(source, example_inputs, calib, options: CompileOptions) -> str:

@@ -122,27 +122,35 @@ class RecalibratePassONNX(RewritePass):
         targets = self._targets()
         if not targets:
             return self.result(model, [])
+        # one batch of all samples where the batch is dynamic: the one-pass statistics are then exact
         feeds = calibration_feeds(self.calibration, self.original, max_samples=self.max_samples,
-                                  what="recalibration")
+                                  batch_size=self.max_samples, what="recalibration")
         names = sorted({t for t, _ in targets.values()})
         want = _layer_outputs(self.original, names, feeds)
         nodes = onnx_edit.node_index(model)
-        writer = onnx_edit._Writer(model)
-        corrected = set()
-        # in graph order, each layer measured after every layer before it was corrected: exact,
-        # one onnxruntime pass over the calibration data per layer
+        todo = {}
         for layer, (tensor, kept) in targets.items():
-            op = self.space.graph.op(layer)
-            node = nodes.get(op.ref)
+            node = nodes.get(self.space.graph.op(layer).ref)
             if node is None or node.op_type not in ("Conv", "Gemm"):
                 continue  # a MatMul has no bias to fold the shift into
             m_t, s_t = want[tensor]
             if kept is not None:
                 m_t, s_t = m_t[kept], s_t[kept]
-            m, s = _layer_outputs(ir.to_proto(model), [tensor], feeds)[tensor]
+            shape = self.space.graph.op(layer).out_shapes[0]
+            todo[layer] = (node, tensor, m_t, s_t, len(shape) if shape else 4)
+        try:
+            stats, how = _normalized_stats(ir.to_proto(model), {t: (m, s, r) for _, t, m, s, r in todo.values()}, feeds), "one pass"
+        except Exception:  # noqa: BLE001 -- a graph the stats rewrite cannot take: the exact slow path
+            stats, how = None, "layer by layer"
+        writer = onnx_edit._Writer(model)
+        corrected = set()
+        # in graph order, each layer's statistics as they are once every layer before it is corrected
+        # (one pass with in-graph normalisation, else one onnxruntime pass over the data per layer)
+        for layer, (node, tensor, m_t, s_t, _) in todo.items():
+            m, s = stats[tensor] if stats is not None else _layer_outputs(ir.to_proto(model), [tensor], feeds)[tensor]
             if m.shape != m_t.shape:
                 continue
-            a = np.clip(np.where(s > 1e-8, s_t / np.maximum(s, 1e-8), 1.0), 0.1, 10.0)
+            a = _scale(s_t, s)
             w = onnx_edit.const_array(node.inputs[1]).astype(np.float64)
             transposed = node.op_type == "Gemm" and not (node.attributes.get("transB") and
                                                           node.attributes["transB"].value)
@@ -156,4 +164,83 @@ class RecalibratePassONNX(RewritePass):
             writer.set_input(node, 2, (a * (b - m) + m_t).astype(np.float32))
             corrected.add(layer)
         return self.result(model, [f"matched output statistics of {len(corrected)} layers to the original on "
-                                   f"{sum(len(next(iter(f.values()))) for f in feeds)} samples"] if corrected else [])
+                                   f"{sum(len(next(iter(f.values()))) for f in feeds)} samples ({how})"]
+                           if corrected else [])
+
+
+def _scale(s_target: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Per-channel gain of the correction (bounded: a dead or exploding channel is not blown up)."""
+    return np.clip(np.where(s > 1e-8, s_target / np.maximum(s, 1e-8), 1.0), 0.1, 10.0)
+
+
+def _normalized_stats(proto: onnx.ModelProto, targets: dict, feeds: list[dict]) -> dict:
+    """Per-channel (mean, std) of each target tensor *as it will be once every upstream target is
+    corrected*, in one onnxruntime session and one pass over the data: after each target the graph
+    normalises with the batch's own statistics and applies the gain and shift the fold will apply
+    -- batch norm in training mode, with the original model's statistics as the affine part. With
+    one calibration batch this equals correcting layer by layer (max |diff| ~1e-5 on the digits
+    CNN); with several, batch statistics are averaged, as PyTorch's recalibration does.
+
+    ``targets``: tensor name -> (target mean, target std per channel, rank of the tensor)."""
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    m = onnx.ModelProto.FromString(proto.SerializeToString())
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 17)
+    g = m.graph
+    producers = {o: i for i, n in enumerate(g.node) for o in n.output}
+    new_nodes: dict[int, list] = {}
+    outs = []
+    for t, (m_t, s_t, rank) in targets.items():
+        i = producers[t]
+        node = g.node[i]
+        axes = [0] + list(range(2, rank))
+        cshape = [1, -1] + [1] * (rank - 2)
+        raw, p = f"{t}__raw", f"{t}__recal"
+        node.output[list(node.output).index(t)] = raw
+        consts = {f"{p}_mt": m_t.reshape(cshape), f"{p}_st": s_t.reshape(cshape), f"{p}_lo": np.array(0.1),
+                  f"{p}_hi": np.array(10.0), f"{p}_eps": np.array(1e-8)}
+        for k, v in consts.items():
+            g.initializer.append(numpy_helper.from_array(np.asarray(v, dtype=np.float32), k))
+
+        def mean(x, y):
+            if opset >= 18:
+                g.initializer.append(numpy_helper.from_array(np.asarray(axes, dtype=np.int64), f"{y}_axes"))
+                return helper.make_node("ReduceMean", [x, f"{y}_axes"], [y], keepdims=1)
+            return helper.make_node("ReduceMean", [x], [y], axes=axes, keepdims=1)
+        mk = helper.make_node
+        new_nodes[i] = [
+            mean(raw, f"{p}_mean"), mk("Sub", [raw, f"{p}_mean"], [f"{p}_d"]),
+            mk("Mul", [f"{p}_d", f"{p}_d"], [f"{p}_d2"]), mean(f"{p}_d2", f"{p}_var"),
+            mk("Sqrt", [f"{p}_var"], [f"{p}_sd"]), mk("Max", [f"{p}_sd", f"{p}_eps"], [f"{p}_sdc"]),
+            mk("Div", [f"{p}_st", f"{p}_sdc"], [f"{p}_a0"]), mk("Clip", [f"{p}_a0", f"{p}_lo", f"{p}_hi"], [f"{p}_a"]),
+            mk("Mul", [f"{p}_d", f"{p}_a"], [f"{p}_y"]), mk("Add", [f"{p}_y", f"{p}_mt"], [t])]
+        outs += [f"{p}_mean", f"{p}_var"]
+    nodes = []
+    for i, n in enumerate(g.node):
+        nodes.append(n)
+        nodes += new_nodes.get(i, [])
+    del g.node[:]
+    g.node.extend(nodes)
+    for o in outs:
+        g.output.append(onnx.ValueInfoProto(name=o))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    acc = {t: [] for t in targets}
+    for f in feeds:
+        res = sess.run(outs, f)
+        n = len(next(iter(f.values())))
+        for k, t in enumerate(targets):
+            acc[t].append((n, np.asarray(res[2 * k], np.float64).reshape(-1), np.asarray(res[2 * k + 1], np.float64).reshape(-1)))
+    stats = {}
+    for t, parts in acc.items():
+        w = np.array([n for n, _, _ in parts], dtype=np.float64)[:, None]
+        mu = np.stack([mu for _, mu, _ in parts])
+        var = np.stack([v for _, _, v in parts])
+        mean_ = (w * mu).sum(0) / w.sum()
+        # total variance over all batches: within-batch plus between-batch spread of the means
+        tot = (w * (var + (mu - mean_) ** 2)).sum(0) / w.sum()
+        stats[t] = (mean_, np.sqrt(tot))
+    return stats

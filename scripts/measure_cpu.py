@@ -349,21 +349,50 @@ def write_local_devices(out: Path = OUT, device_dir: Path = DEVICE_DIR, threads=
 
 
 # ------------------------------------------------------------------ int8 re-measurement (issue 5)
-def fix_int8_specs(rows: list[dict], seed: int = 0) -> list[str]:
-    """Architectures with int8 rows: every tv:* first, then the others in a seeded shuffle."""
+def fix_int8_specs(rows: list[dict], seed: int = 0, first=()) -> list[str]:
+    """Architectures with int8 rows: every tv:* first, then those in ``first`` (the old int8pass rows,
+    which train the predictor), then the others in a seeded shuffle."""
     specs = sorted({r["spec"] for r in rows if r["precision"] == "int8" and r["device"] in DEVICE_BY_THREADS.values()
                     and (not r["design"] or r["design"] == "int8pass" or r["spec"].split(":")[0] != "tv")})
     tv = [s for s in specs if s.startswith("tv:")]
     rest = [s for s in specs if not s.startswith("tv:")]
     random.Random(seed).shuffle(rest)
-    return tv + rest
+    first = set(first)
+    return tv + [s for s in rest if s in first] + [s for s in rest if s not in first]
 
 
 def fix_int8(out: Path, minutes: float, seed: int = 0) -> int:
     """Re-measure fp32 and edgepass-pass int8 of the same architecture back to back (a busy shared
     machine drifts between sessions, so only a pair measured together gives a usable ratio), and
     replace that architecture's identity fp32 row, its naive int8 rows and its uniform-int8 rows."""
+    rows, _ = load_done(out)
+    first = json.loads((out / "cpu_ort_meta.json").read_text()).get("int8pass", [])
+
+    def jobs(spec):
+        design = int8_design(spec)
+        return [("", "fp32"), (design, "int8")], {("", "fp32"), ("", "int8"), (design, "int8")}
+    return _remeasure(out, minutes, "fix_int8", fix_int8_specs(rows, seed, first), jobs)
+
+
+def fix_designs(out: Path, minutes: float) -> int:
+    """Re-measure every random design of DESIGN_MODELS back to back with its model's fp32 identity
+    (the designs were first timed in a later, busier session than their fp32 originals)."""
+    rows, _ = load_done(out)
+    specs = [s for s in DESIGN_MODELS if any(r["spec"] == s and r["design"] for r in rows)]
+
+    def jobs(spec):
+        designs = sorted({(r["design"], r["precision"]) for r in rows if r["spec"] == spec and r["design"]})
+        return [("", "fp32"), *designs], {("", "fp32"), *designs}
+    return _remeasure(out, minutes, "fix_designs", specs, jobs)
+
+
+def _remeasure(out: Path, minutes: float, key: str, specs: list[str], jobs) -> int:
+    """For each spec: ``jobs(spec) -> (models to measure [(design, precision)], row keys to drop)``;
+    measure them back to back at 1 and 2 threads and replace the dropped rows. Resumable per spec
+    (the session's ``key`` list in the meta file)."""
     import logging
+
+    import numpy as np
 
     from edgepass.devices.measure import measure
 
@@ -371,41 +400,43 @@ def fix_int8(out: Path, minutes: float, seed: int = 0) -> int:
     rows, nodes = load_done(out)
     meta = json.loads((out / "cpu_ort_meta.json").read_text())
     session = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "cpu": cpu_model(), "nproc": os.cpu_count(), "models_measured": 0, "fix_int8": []}
+               "cpu": cpu_model(), "nproc": os.cpu_count(), "models_measured": 0, key: []}
     meta["sessions"].append(session)
     t0 = time.time()
-    already = {s for past in meta["sessions"] for s in past.get("fix_int8", [])}  # resumable
-    for spec in [s for s in fix_int8_specs(rows, seed) if s not in already]:
+    already = {s for past in meta["sessions"] for s in past.get(key, [])}  # resumable
+    for spec in [s for s in specs if s not in already]:
         if time.time() - t0 > minutes * 60:
             break
+        todo, drop = jobs(spec)
+        new = []
         try:
-            design = int8_design(spec)
-            models = {("", "fp32"): realize(spec, "")[0], (design, "int8"): realize(spec, design)[0]}
+            for design, prec in todo:
+                model = realize(spec, design)[0]
+                for threads in (1, 2):
+                    m = measure(model, threads=threads, runs=RUNS, warmup=WARMUP)
+                    new.append({"device": DEVICE_BY_THREADS[threads], "spec": spec, "design": design, "precision": prec,
+                                "threads": threads, "latency_ms": f"{m.median_ms:.4g}", "iqr_ms": f"{m.iqr_ms:.3g}",
+                                "p25_ms": f"{m.p25_ms:.4g}", "p75_ms": f"{m.p75_ms:.4g}",
+                                "min_ms": f"{m.min_ms:.4g}", "runs": m.runs})
         except Exception as exc:  # noqa: BLE001 -- one bad model must not stop the run
             print(f"FAILED {spec}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
             continue
-        new = []
-        for threads in (1, 2):
-            for (d, prec), model in models.items():
-                m = measure(model, threads=threads, runs=RUNS, warmup=WARMUP)
-                new.append({"device": DEVICE_BY_THREADS[threads], "spec": spec, "design": d, "precision": prec,
-                            "threads": threads, "latency_ms": f"{m.median_ms:.4g}", "iqr_ms": f"{m.iqr_ms:.3g}",
-                            "p25_ms": f"{m.p25_ms:.4g}", "p75_ms": f"{m.p75_ms:.4g}",
-                            "min_ms": f"{m.min_ms:.4g}", "runs": m.runs})
-        drop = {("", "fp32"), ("", "int8"), (design, "int8")}
         rows = [r for r in rows if not (r["spec"] == spec and (r["design"], r["precision"]) in drop)] + new
-        session["fix_int8"].append(spec)
-        session["models_measured"] += 1
-        f1 = {r["precision"]: float(r["latency_ms"]) for r in new if r["threads"] == 1}
-        print(f"{spec[:60]:60s} 1t fp32 {f1['fp32']:.4g} ms int8 {f1['int8']:.4g} ms ({f1['int8'] / f1['fp32']:.2f}x)",
+        session[key].append(spec)
+        session["models_measured"] += len(todo)
+        f1 = {(r["design"], r["precision"]): float(r["latency_ms"]) for r in new if r["threads"] == 1}
+        base = f1[("", "fp32")]
+        ratios = [v / base for k, v in f1.items() if k != ("", "fp32")]
+        print(f"{spec[:60]:60s} 1t fp32 {base:.4g} ms, {len(ratios)} others: median {np.median(ratios):.2f}x of fp32",
               file=sys.stderr, flush=True)
+        flush(out, rows, nodes, meta)
     session["wall_s"] = round(time.time() - t0, 1)
     session["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     meta["protocol"]["int8"] = ("edgepass precision pass (space.uniform(1.0, precision='int8')), QDQ, per-channel int8 "
                                 "weights, uint8 activations, seeded random calibration; naive rows before issue 5 replaced "
                                 "where re-measured")
     flush(out, rows, nodes, meta)
-    print(f"re-measured {session['models_measured']} architectures in {session['wall_s']:.0f} s", file=sys.stderr)
+    print(f"re-measured {session['models_measured']} models in {session['wall_s']:.0f} s", file=sys.stderr)
     return 0
 
 
@@ -429,12 +460,15 @@ def main(argv=None) -> int:
     ap.add_argument("--fix-int8", type=float, default=0.0, metavar="MINUTES",
                     help="re-measure existing int8 architectures (tv first, then a sample) as fp32 + "
                          "edgepass-pass int8 pairs for about MINUTES, replacing their old int8 rows (issue 5)")
+    ap.add_argument("--fix-designs", type=float, default=0.0, metavar="MINUTES",
+                    help="re-measure the random designs of DESIGN_MODELS back to back with their fp32 identity")
     ap.add_argument("--dry-run", action="store_true", help="print the plan size and exit")
     ap.add_argument("--write-devices", action="store_true",
                     help="only profile this machine and write the local/cpu-ort-{1,2}t device files")
     args = ap.parse_args(argv)
-    if args.fix_int8:
-        return fix_int8(args.out, args.fix_int8, args.seed)
+    if args.fix_int8 or args.fix_designs:
+        rc = fix_int8(args.out, args.fix_int8, args.seed) if args.fix_int8 else 0
+        return rc or (fix_designs(args.out, args.fix_designs) if args.fix_designs else 0)
     if args.write_devices:
         for path in write_local_devices(args.out):
             print(f"wrote {path}", file=sys.stderr)

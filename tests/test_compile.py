@@ -99,3 +99,43 @@ def test_impossible_budget_exit_3_writes_closest(tmp_path, digits_onnx, calib, c
     assert json.loads(capsys.readouterr().out)["feasible"] is False
     with pytest.raises(edgepass.InfeasibleBudgetError):
         edgepass.compile(str(digits_onnx), DEVICE, latency_ms=0.00001, method="search", calibration_data=calib)
+
+
+def test_evaluate_top_keeps_the_best_measured_candidate(digits_onnx, base_ms, calib):
+    """With calibration data a compile measures a few good designs under the budget (the optimizer's
+    pick and repaired uniform designs) and keeps the best measured one; evaluate_top=0 turns it off."""
+    budget = 0.7 * base_ms
+    _, rep, feasible = compile_with_report(str(digits_onnx), DEVICE, latency_ms=budget, method="search",
+                                           calibration_data=calib, measure=False)
+    sel = rep.selection
+    assert feasible and sel and 2 <= len(sel) <= 4
+    chosen = [c for c in sel if c["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["design"] == rep.design
+    assert chosen[0]["measured_on_calibration"] == max(c["measured_on_calibration"] for c in sel)
+    assert all(c["predicted_latency_ms"] <= budget * (1 + 1e-9) for c in sel)
+    assert len({json.dumps(c["design"], sort_keys=True) for c in sel}) == len(sel)
+    assert rep.predicted["latency_ms"][1] <= budget * (1 + 1e-9)
+    _, off, _ = compile_with_report(str(digits_onnx), DEVICE, latency_ms=budget, method="search",
+                                    calibration_data=calib, measure=False, evaluate_top=0)
+    assert off.selection is None
+    with pytest.raises(edgepass.InputError, match="evaluate_top"):
+        compile_with_report(str(digits_onnx), DEVICE, latency_ms=budget, evaluate_top=-1)
+
+
+def test_calibrate_latency_measures_designs_here_and_keeps_what_measures_within_budget(digits_onnx, calib):
+    from edgepass.devices.measure import measure
+
+    budget = 0.8 * measure(str(digits_onnx), threads=1, runs=20).median_ms
+    _, rep, _ = compile_with_report(str(digits_onnx), DEVICE, latency_ms=budget, calibration_data=calib,
+                                    method="search", measure=False, calibrate_latency=True)
+    assert any(n.startswith("latency calibrated on 4 designs") for n in rep.notes)
+    assert rep.seconds["calibrate_latency"] > 0
+    sel = rep.selection
+    assert sel and all("measured_ms" in c for c in sel)
+    chosen = next(c for c in sel if c["chosen"])
+    within = [c for c in sel if c["measured_ms"] <= budget]
+    if within:   # the best measured accuracy among the candidates that measured within the budget
+        assert chosen["measured_ms"] <= budget
+        assert chosen["measured_on_calibration"] == max(c["measured_on_calibration"] for c in within)
+    with pytest.raises(edgepass.InputError, match="only for the local"):
+        compile_with_report(str(digits_onnx), "help/pixel2", latency_ms=budget, calibrate_latency=True)

@@ -274,3 +274,21 @@ def test_amortized_reports_infeasible_budgets(resnet18_space, trained_cache):
                           strict=True)
     with pytest.raises(edgepass.InputError, match="bogus"):
         edgepass.optimize(resnet18_space, HELD_DEVICE, latency_ms=floor, cache=cache, train_options={"bogus": 1})
+
+
+def test_candidates_are_distinct_feasible_and_include_the_uniform_baselines(resnet18_space):
+    from edgepass.optimizers.api import model_problem
+    from edgepass.optimizers.candidates import candidate_codes, widest_uniform
+
+    problem, _ = model_problem(resnet18_space, "local/cpu-ort-1t")
+    full = float(problem.evaluate(resnet18_space.encode(resnet18_space.identity())[None])["latency_ms"][0])
+    budget = Budget(latency_ms=0.5 * full)
+    pick = repair(problem, budget, resnet18_space.encode(resnet18_space.identity()), polish=5)
+    codes = candidate_codes(problem, budget, resnet18_space, pick.code, k=5)
+    assert np.array_equal(codes[0], pick.code) and len(codes) == 5
+    assert len({c.tobytes() for c in codes}) == len(codes)
+    assert (problem.evaluate(np.stack(codes))["latency_ms"] <= budget.latency_ms * (1 + 1e-9)).all()
+    for precision in (None, "int8"):
+        u = widest_uniform(problem, budget, resnet18_space, precision)
+        assert u is not None and any(np.array_equal(u, c) for c in codes)
+    assert len(candidate_codes(problem, budget, resnet18_space, pick.code, k=1)) == 1

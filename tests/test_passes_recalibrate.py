@@ -80,3 +80,20 @@ def test_finetuning_needs_pytorch(digits_onnx, digits):
     design = edgepass.design_space(digits_onnx).uniform(0.5)
     with pytest.raises(edgepass.InputError, match="needs the PyTorch model"):
         edgepass.apply(digits_onnx, design, finetune=data["calibration"])
+
+
+def test_one_pass_statistics_equal_layer_by_layer(digits, digits_onnx, monkeypatch):
+    """The one-session recalibration (batch-norm-style normalisation inside the graph) gives the
+    same model as correcting one layer at a time with a session per layer, on one calibration batch."""
+    from edgepass.passes import recalibrate
+
+    _, data = digits
+    design = edgepass.design_space(digits_onnx).uniform(0.5)
+    cal = data["calibration"][:48]
+    fast = edgepass.apply(digits_onnx, design, calibration_data=cal)
+    monkeypatch.setattr(recalibrate, "_normalized_stats", lambda *a: 1 / 0)   # force the fallback
+    slow = edgepass.apply(digits_onnx, design, calibration_data=cal)
+    x = data["x_test"][:200]
+    a, b = run_model(fast, [x])[0], run_model(slow, [x])[0]
+    assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max()
+    assert accuracy(fast, data) == pytest.approx(accuracy(slow, data), abs=0.005)

@@ -167,3 +167,35 @@ def test_per_device_correction_fits_scaled_truth_and_keeps_table_exact(space, tm
     est = L.predict_matrices(mats[40:], st2, m2)
     assert np.allclose(tab.predict(codes), est, rtol=1e-5)
     assert np.allclose(est, fixed, rtol=1e-4)  # float32 storage
+
+
+def test_calibration_on_measured_designs_recovers_per_precision_gains(digits_onnx):
+    """calibrate_on_designs fits fp32 / int8 gains and an offset from measured designs of one model
+    and every prediction path (predict, LatencyTable) uses them."""
+    import edgepass
+    from edgepass.predictors.latency import CALIBRATION_KEY, LatencyTable, calibrate_on_designs, predict
+
+    sp = edgepass.design_space(str(digits_onnx))
+    dev = "local/cpu-ort-1t"
+    designs = [sp.uniform(r, precision=p) for r in (1.0, 0.5, 0.75) for p in (None, "int8")]
+    graphs = [sp.design_graph(d) for d in designs]
+    # "measurements" made from the uncalibrated predictor's own split: fp32 x 2, int8 x 0.25, +0.01 ms
+    from edgepass.predictors.features import graph_matrix
+    from edgepass.predictors.latency import _feat_index, load_model
+
+    m = load_model()
+    st = m.device_state(dev)
+    y = []
+    for g in graphs:
+        X = graph_matrix(g)[0]
+        per = m.op_latency(X, st)
+        q = X[:, _feat_index()["prec_int8"]] > 0
+        y.append(2.0 * (per[~q].sum() + m.overhead_ms(st)) + 0.25 * per[q].sum() + 0.01)
+    cal, info = calibrate_on_designs(dev, graphs, y)
+    assert info["fp"] == pytest.approx(2.0, rel=1e-3) and info["int8"] == pytest.approx(0.25, rel=1e-2)
+    assert info["extra_ms"] == pytest.approx(0.01, rel=1e-2) and info["max_rel_error"] < 1e-3
+    assert cal.provenance[CALIBRATION_KEY] == info and cal.id == dev
+    table = LatencyTable(sp, cal)
+    for d, want in zip(designs, y):
+        assert predict(sp.design_graph(d), cal).latency_ms == pytest.approx(want, rel=1e-6)
+        assert table.predict_design(d) == pytest.approx(want, rel=1e-6)

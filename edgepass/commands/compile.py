@@ -33,6 +33,12 @@ def add_parser(sub) -> None:
     p.add_argument("--precisions", help="comma-separated subset of fp32,fp16,int8")
     p.add_argument("--ignore", action="append", default=[], metavar="LAYER", help="keep a layer untouched")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--evaluate-top", type=int, metavar="K",
+                   help="measure K good designs under the budget on the calibration data and keep the best "
+                        "(default 4 with --calibration, else 0)")
+    p.add_argument("--calibrate-latency", action="store_true",
+                   help="local/cpu-ort-* devices: measure 4 designs of the model here first and calibrate the "
+                        "latency predictor's fp32/int8 scales on them (the result then depends on timings)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="trained optimizers and accuracy predictors (default $EDGEPASS_CACHE or ~/.cache/edgepass)")
     p.add_argument("--report", metavar="R.json", help="write the report as JSON")
@@ -56,7 +62,8 @@ def options_from_args(args):
                           calibration_data=args.calibration, method=args.method, ignore=tuple(args.ignore),
                           seed=args.seed, precisions=tuple(args.precisions.split(",")) if args.precisions else None,
                           input_shapes=parse_input_shapes(args.input_shape), cache_dir=args.cache_dir,
-                          plot=args.plot)
+                          plot=args.plot, evaluate_top=args.evaluate_top,
+                          calibrate_latency=args.calibrate_latency)
 
 
 def _same_file(a: Path, b: Path) -> bool:

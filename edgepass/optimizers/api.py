@@ -33,6 +33,9 @@ class OptimizeResult:
     code: np.ndarray | None = None
     notes: list = field(default_factory=list)
     front: list | None = None      # (latency_ms, accuracy) of candidate designs the optimizer saw, or None
+    #: with ``candidates=k``: up to k distinct feasible designs as (design, latency_ms, accuracy), the
+    #: chosen one first (see :mod:`edgepass.optimizers.candidates`)
+    candidates: list | None = None
 
 
 @dataclass
@@ -185,7 +188,7 @@ def model_problem(space, device, *, accuracy_fn=None, energy=True):
 
 def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_accuracy_drop=None,
              method: str = "amortized", example_inputs=None, accuracy_fn=None, seed: int = 0, cache=None,
-             strict: bool = False, train_options: dict | None = None) -> OptimizeResult:
+             strict: bool = False, train_options: dict | None = None, candidates: int = 0) -> OptimizeResult:
     """A design of ``model_or_space`` for ``device`` within the budget.
 
     ``model_or_space``: a zoo space (``edgepass.zoo.space("nb201")``), or a model / ``DesignSpace``
@@ -198,6 +201,8 @@ def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_acc
     function, the latency predictor and ``seed``/``train_options`` (keyword arguments of
     :func:`edgepass.optimizers.model_space.train`, e.g. ``{"synthetic": 50, "epochs": 20}``).
     ``result.front``: (latency_ms, accuracy) of candidate designs seen (None for exhaustive/zoo).
+    ``candidates`` > 1 (model spaces, feasible budgets): ``result.candidates`` also lists other good
+    designs under the budget (repaired uniform starts), for a final choice by evaluation.
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -237,8 +242,16 @@ def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_acc
             r = repair(problem, budget, r.code, reference_accuracy=ref)
         if front is not None:
             front = front + [(float(r.latency_ms), float(r.accuracy))]
+        alts = None
+        if candidates > 1 and r.feasible:
+            from .candidates import candidate_codes
+
+            codes = candidate_codes(problem, budget, space, r.code, k=candidates, reference_accuracy=ref)
+            ev = problem.evaluate(np.stack(codes))
+            alts = [(space.decode(c), float(lat), float(acc))
+                    for c, lat, acc in zip(codes, ev["latency_ms"], ev["accuracy"])]
         result = OptimizeResult(space.decode(r.code), r.latency_ms, r.energy_mj, r.accuracy, r.feasible,
-                                time.perf_counter() - t0, used, r.code, notes, front)
+                                time.perf_counter() - t0, used, r.code, notes, front, alts)
     if strict and not result.feasible:
         raise InfeasibleBudgetError(f"no design meets the budget; closest: {result.latency_ms:.3g} ms, "
                                     f"accuracy {result.accuracy:.3g}", closest=result)
