@@ -47,7 +47,7 @@ from _common import OUT, print_table, write_json  # noqa: E402
 
 from edgepass.optimizers import AmortizedOptimizer, Budget, evolutionary, exhaustive, repair  # noqa: E402
 from edgepass.optimizers.api import nb201_full_tables  # noqa: E402
-from edgepass.optimizers.population import (QUANTILES, budget_feature, reference_designs,  # noqa: E402
+from edgepass.optimizers.population import (QUANTILES, budget_feature, budget_features, reference_designs,  # noqa: E402
                                           reference_vector, synthetic_devices, training_pairs)
 from edgepass.zoo.spaces import space  # noqa: E402
 
@@ -81,7 +81,7 @@ def nb201_section(args) -> tuple[list, dict, list]:
             budget = Budget(latency_ms=L)
             best = exhaustive(problem, budget)
             t = time.perf_counter()
-            am = opt.optimize(problem, budget, vec, budget_feature(L, centre))
+            am = opt.optimize(problem, budget, vec, budget_features(L, centre))
             t_am = time.perf_counter() - t
             raw = opt.decode(vec, budget_feature(L, centre))[0]
             raw_ev = problem.evaluate(raw[None])
@@ -149,7 +149,7 @@ def approach1_rows(sp, tables, train, held, opt, refs) -> list:
             via = exhaustive(proxy_p, b)
             via_true = true_p.evaluate(via.code[None])
             vec, centre = reference_vector(mapped, refs)
-            am = opt.optimize(proxy_p, b, vec, budget_feature(L, centre))
+            am = opt.optimize(proxy_p, b, vec, budget_features(L, centre))
             am_true = true_p.evaluate(am.code[None])
             rows.append({"device": short, "proxy": proxy, "spearman_all": rho, "spearman_10": rho10,
                          "flagged": rho10 < 0.9, "pct": q, "own_acc": own.accuracy,

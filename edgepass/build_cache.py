@@ -17,7 +17,7 @@ import numpy as np
 
 # the inputs, re-attached from the current compile on load rather than stored
 _INPUTS = ("model", "space", "x", "labels", "example_inputs", "knobs", "reference")
-_VERSION = 1
+_VERSION = 2   # 2: one-pass ONNX recalibration (measured metrics changed)
 
 
 def _source_sha() -> str:
@@ -106,4 +106,31 @@ def load_accuracy(cache_dir, key: str, *, model, space, x, labels, example_input
     return pred
 
 
-__all__ = ["save_accuracy", "load_accuracy"]
+def _evals_path(cache_dir, key: str) -> Path:
+    return _path(cache_dir, key).with_suffix(".evaluated.json")
+
+
+def load_evaluations(cache_dir, key: str) -> dict:
+    """Design JSON -> metric measured on the calibration data (compile's ``evaluate_top``) for the
+    predictor of ``key``; {} when none are cached or the file is unreadable."""
+    try:
+        data = json.loads(_evals_path(cache_dir, key).read_text())
+        return {str(k): float(v) for k, v in data.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def save_evaluations(cache_dir, key: str, evaluated: dict) -> None:
+    """Store ``evaluated`` next to the predictor (deterministic values: a later compile reuses them)."""
+    from .compile import write_atomic
+    from .errors import InputError
+
+    try:
+        path = _evals_path(cache_dir, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(evaluated, sort_keys=True).encode())
+    except (OSError, InputError):
+        pass   # a read-only cache only costs time
+
+
+__all__ = ["save_accuracy", "load_accuracy", "load_evaluations", "save_evaluations"]

@@ -266,11 +266,16 @@ class Target:
     notes: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     evaluated: dict = field(default_factory=dict)   # design JSON -> measured metric (shared by a fleet's devices)
+    cache: tuple | None = None                      # (cache dir, predictor key): where `evaluated` is kept
 
     def evaluate(self, design) -> float:
         key = design.to_json(indent=None)
         if key not in self.evaluated:
             self.evaluated[key] = float(self.accuracy.evaluate(design))
+            if self.cache is not None:
+                from .build_cache import save_evaluations
+
+                save_evaluations(*self.cache, self.evaluated)
         return self.evaluated[key]
 
 
@@ -306,7 +311,7 @@ def allowed_precisions(dev, options: CompileOptions) -> tuple:
 
 def target(prep: Prepared, precisions: tuple, options: CompileOptions) -> Target:
     """The restricted design space and the fitted accuracy predictor (from the cache when there)."""
-    from .build_cache import load_accuracy, save_accuracy
+    from .build_cache import load_accuracy, load_evaluations, save_accuracy
     from .predictors.accuracy import AccuracyPredictor
     from .space import build_space
 
@@ -323,7 +328,8 @@ def target(prep: Prepared, precisions: tuple, options: CompileOptions) -> Target
         save_accuracy(options.cache_dir, key, acc)
     notes = ([acc.info["note"]] if acc.info.get("note") else []) + \
         [f"accuracy predictor: {acc.info.get('metric')} on {acc.info.get('samples')} samples"]
-    return Target(precisions, space, acc, notes, {"accuracy_predictor": time.perf_counter() - t0})
+    return Target(precisions, space, acc, notes, {"accuracy_predictor": time.perf_counter() - t0},
+                  load_evaluations(options.cache_dir, key), (options.cache_dir, key))
 
 
 def compile(model, device, options: CompileOptions | None = None, /, **kwargs):

@@ -77,7 +77,12 @@ def test_cli_compile_check_and_errors(tmp_path, digits_onnx, base_ms, calib, cap
     assert "latency (predicted)" in capsys.readouterr().out
     assert dst.exists() and json.loads(rep.read_text())["verified"]
     assert src.read_bytes() == before
+    assert len(json.loads(rep.read_text())["selection"]) >= 2     # --calibration: evaluate_top defaults to 4
     assert main(["compile", str(src), str(dst), "--device", DEVICE, "--check"]) == 0
+    assert main(["compile", *args, "--evaluate-top", "0"]) == 0
+    assert json.loads(rep.read_text())["selection"] is None
+    assert main(["compile", str(src), str(tmp_path / "o.onnx"), "--device", "help/pixel2", "--latency-ms", "1",
+                 "--calibrate-latency"]) == 2
     # errors: one line each, documented exit codes, nothing written
     assert main(["compile", str(src), str(src), "--device", DEVICE, "--latency-ms", "1"]) == 2
     assert main(["compile", str(src), str(tmp_path / "no" / "o.onnx"), "--device", DEVICE, "--latency-ms", "1"]) == 2

@@ -99,6 +99,9 @@ def test_cache_dir_reuses_the_accuracy_predictor(tmp_path, digits_onnx, calib, m
     def refit(self, *a, **k):
         raise AssertionError("the accuracy predictor was fitted again despite the cache")
     monkeypatch.setattr(AccuracyPredictor, "fit", refit)
+    # the candidates measured on the calibration data (evaluate_top) are cached with it
+    assert rep1.selection and list((cache / "accuracy").glob("*.evaluated.json"))
+    monkeypatch.setattr(AccuracyPredictor, "evaluate", refit)
     second, rep2, _ = compile_with_report(str(digits_onnx), DEVICE, **kw)
     assert second.SerializeToString() == first.SerializeToString()
     # a different cache directory is a miss

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .budget import Budget
-from .search import SearchResult, repair
+from .search import SearchResult, best_repaired
 
 
 def _torch():
@@ -117,12 +117,16 @@ class AmortizedOptimizer:
 
     def optimize(self, problem, budget: Budget, device_vector, budget_feature, *, polish: int = 10,
                  reference_accuracy=None) -> SearchResult:
-        """One device: forward pass + feasibility repair under ``problem``'s predicted costs."""
+        """One device: forward pass + feasibility repair under ``problem``'s predicted costs.
+        ``budget_feature`` may hold several rows (e.g. :func:`~.population.budget_features`: the
+        budget and slightly tighter / looser ones): each distinct decode is repaired and polished and
+        the best feasible one wins."""
         t0 = time.perf_counter()
-        code = self.decode(device_vector, budget_feature)[0]
-        r = repair(problem, budget, code, reference_accuracy=reference_accuracy, polish=polish)
-        r.seconds = time.perf_counter() - t0
-        return r
+        feats = np.atleast_2d(budget_feature)
+        codes = np.unique(self.decode(np.repeat(np.atleast_2d(device_vector), len(feats), 0), feats), axis=0)
+        best = best_repaired(problem, budget, codes, reference_accuracy=reference_accuracy, polish=polish)
+        best.seconds = time.perf_counter() - t0
+        return best
 
     # -- persistence (no pickle) ------------------------------------------------------------
     def save(self, path, *, extra: dict | None = None, meta: dict | None = None) -> Path:

@@ -100,7 +100,7 @@ def _nb201_optimizer(zsp, *, cache=None, progress=True) -> AmortizedOptimizer:
 
 def _optimize_zoo(zsp, device, budget: Budget, method: str, seed: int, cache) -> OptimizeResult:
     from ..devices import get_device
-    from .population import budget_feature, reference_designs, reference_vector
+    from .population import budget_features, reference_designs, reference_vector
 
     dev = get_device(device)
     lat = zsp.latency_table(dev.id)
@@ -118,7 +118,7 @@ def _optimize_zoo(zsp, device, budget: Budget, method: str, seed: int, cache) ->
         opt = _nb201_optimizer(zsp, cache=cache)
         refs = reference_designs(len(zsp.accuracy))
         vec, centre = reference_vector(lat, refs)
-        r = opt.optimize(problem, budget, vec, budget_feature(budget.latency_ms or float(np.median(lat)), centre))
+        r = opt.optimize(problem, budget, vec, budget_features(budget.latency_ms or float(np.median(lat)), centre))
     return OptimizeResult(zsp.spec(r.code), r.latency_ms, r.energy_mj, r.accuracy, r.feasible,
                           time.perf_counter() - t0, method, r.code, notes)
 

@@ -33,6 +33,16 @@ def budget_feature(latency_ms: float, centre: float) -> np.ndarray:
     return np.array([np.log(latency_ms) - centre])
 
 
+#: the amortized optimizer is asked at the budget and slightly tighter / looser (one batch): the best
+#: repaired design wins, which guards against one off decode (NB201: max gap 1.17 -> see benchmarks)
+BUDGET_SCALES = (0.9, 1.0, 1.1)
+
+
+def budget_features(latency_ms: float, centre: float, scales=BUDGET_SCALES) -> np.ndarray:
+    """:func:`budget_feature` at ``latency_ms`` x each of ``scales`` (rows)."""
+    return np.stack([budget_feature(latency_ms * s, centre) for s in scales])
+
+
 def synthetic_devices(tables: dict, n: int, seed: int = 0) -> dict:
     """``n`` devices interpolated between random pairs of the real ``tables``."""
     rng = np.random.default_rng(seed)

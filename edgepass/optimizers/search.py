@@ -160,3 +160,16 @@ def repair(problem: Problem, budget: Budget, code, *, reference_accuracy=None, p
             break
         code, obj = nbs[i], float(nkey[i])
     return _result(problem, budget, code, reference_accuracy, t0, evals)
+
+
+def best_repaired(problem: Problem, budget: Budget, codes, *, reference_accuracy=None, polish: int = 0) -> SearchResult:
+    """:func:`repair` (+ polish) each of ``codes`` and keep the best: feasible first, then by objective
+    (infeasible ones: the fastest). Used to finish the amortized optimizers' several decodes."""
+    best, best_key = None, None
+    for code in codes:
+        r = repair(problem, budget, code, reference_accuracy=reference_accuracy, polish=polish)
+        obj = float(np.asarray(budget.objective(r.latency_ms, r.energy_mj, r.accuracy)).ravel()[0])
+        key = (r.feasible, obj if r.feasible else -r.latency_ms)
+        if best_key is None or key > best_key:
+            best, best_key = r, key
+    return best
