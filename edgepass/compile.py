@@ -21,6 +21,11 @@ from .api import example_inputs_for, is_torch_module
 from .errors import InfeasibleBudgetError, InputError
 
 LOCAL_PREFIX = "local/cpu-ort-"
+#: default ``evaluate_top`` with calibration data, and the largest model (MACs) it applies to: each
+#: evaluation is a full rewrite (int8 calibration included) plus inference on the calibration data,
+#: ~0.1 s for the digits CNN but ~28 s for resnet50 (4.1 GMACs; benchmarks/compile.py)
+EVALUATE_TOP = 4
+EVALUATE_MAX_MACS = 2e9
 
 
 @dataclass
@@ -175,7 +180,8 @@ class CompileOptions:
     output is not byte-reproducible.
     ``evaluate_top``: measure this many good designs under the budget (the optimizer's pick and
     repaired uniform designs) on the calibration data, with the same recovery, and keep the best
-    measured; ``None`` = 4 when calibration data is given, else 0 (off; it needs calibration data).
+    measured; ``None`` = 4 with calibration data for models up to 2 GMACs, else 0 (off; it needs
+    calibration data).
     """
 
     latency_ms: float | None = None
@@ -229,11 +235,12 @@ class CompileOptions:
             raise TypeError(f"unknown compile option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
         return replace(options, **kwargs) if options is not None else cls(**kwargs)
 
-    def n_evaluated(self) -> int:
-        """How many candidate designs a compile measures on the calibration data (``evaluate_top``)."""
+    def n_evaluated(self, macs: float = 0.0) -> int:
+        """How many candidate designs a compile measures on the calibration data (``evaluate_top``;
+        default :data:`EVALUATE_TOP` with calibration data for models up to :data:`EVALUATE_MAX_MACS`)."""
         if self.evaluate_top is not None:
             return self.evaluate_top
-        return 4 if self.calibration_data is not None else 0
+        return EVALUATE_TOP if self.calibration_data is not None and macs <= EVALUATE_MAX_MACS else 0
 
     def budget(self, original_ms: float):
         """The :class:`Budget` for a device whose original model is predicted at ``original_ms``."""
@@ -387,11 +394,11 @@ def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
     result = optimize(space, dev, latency_ms=budget.latency_ms, energy_mj=budget.energy_mj,
                       max_accuracy_drop=budget.max_accuracy_drop, method=opts.method, accuracy_fn=acc.predict_codes,
                       seed=opts.seed, cache=opts.cache_dir, train_options=opts.optimizer_options,
-                      candidates=opts.n_evaluated() if prep.calibration is not None else 0)
+                      candidates=opts.n_evaluated(graph.macs) if prep.calibration is not None else 0)
     t["optimize"] = time.perf_counter() - t0
     notes = list(result.notes) + list(tgt.notes) + ([calibration_note] if calibration_note else [])
     selection, latency_of = None, None
-    if opts.calibrate_latency and budget.latency_ms is not None and result.feasible and opts.n_evaluated() > 1 \
+    if opts.calibrate_latency and budget.latency_ms is not None and result.feasible and opts.n_evaluated(graph.macs) > 1 \
             and prep.calibration is not None:
         # measuring here anyway: also consider designs predicted up to LOOSE x over the budget (the
         # calibrated predictor still errs by ~15 % on mixed precisions) and keep what *measures* within it
@@ -399,7 +406,7 @@ def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
         loose = optimize(space, dev, latency_ms=budget.latency_ms * LOOSE, energy_mj=budget.energy_mj,
                          max_accuracy_drop=budget.max_accuracy_drop, method=opts.method,
                          accuracy_fn=acc.predict_codes, seed=opts.seed, cache=opts.cache_dir,
-                         train_options=opts.optimizer_options, candidates=opts.n_evaluated())
+                         train_options=opts.optimizer_options, candidates=opts.n_evaluated(graph.macs))
         have = list(result.candidates or [(result.design, result.latency_ms, result.accuracy)])
         have += [c for c in (loose.candidates or []) if all(c[0] != h[0] for h in have)]
         have += [c for c in _uniform_candidates(space, dev, acc, budget.latency_ms * LOOSE)

@@ -144,3 +144,12 @@ def test_calibrate_latency_measures_designs_here_and_keeps_what_measures_within_
         assert chosen["measured_on_calibration"] == max(c["measured_on_calibration"] for c in within)
     with pytest.raises(edgepass.InputError, match="only for the local"):
         compile_with_report(str(digits_onnx), "help/pixel2", latency_ms=budget, calibrate_latency=True)
+
+
+def test_evaluate_top_default_depends_on_data_and_model_size():
+    from edgepass.compile import EVALUATE_MAX_MACS, EVALUATE_TOP, CompileOptions
+
+    with_data = CompileOptions(latency_ms=1.0, calibration_data="calib.npz")
+    assert with_data.n_evaluated(1e8) == EVALUATE_TOP and with_data.n_evaluated(2 * EVALUATE_MAX_MACS) == 0
+    assert CompileOptions(latency_ms=1.0).n_evaluated(1e8) == 0
+    assert CompileOptions(latency_ms=1.0, calibration_data="c.npz", evaluate_top=2).n_evaluated(1e12) == 2

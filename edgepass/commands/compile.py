@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--evaluate-top", type=int, metavar="K",
                    help="measure K good designs under the budget on the calibration data and keep the best "
-                        "(default 4 with --calibration, else 0)")
+                        "(default 4 with --calibration for models up to 2 GMACs, else 0)")
     p.add_argument("--calibrate-latency", action="store_true",
                    help="local/cpu-ort-* devices: measure 4 designs of the model here first and calibrate the "
                         "latency predictor's fp32/int8 scales on them (the result then depends on timings)")
