@@ -383,10 +383,11 @@ def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
 
     graph, space, acc, source = prep.graph, tgt.space, tgt.accuracy, prep.source
     t = {**prep.seconds, **tgt.seconds}
-    calibration_note = None
+    calibration_note, latency_of = None, None
     if opts.calibrate_latency:
         t0 = time.perf_counter()
-        dev, calibration_note = _calibrate_latency(prep, space, dev, opts)
+        latency_of = _local_latency(prep, dev, opts)    # one memo: calibration and candidates share it
+        dev, calibration_note = _calibrate_latency(prep, space, dev, latency_of)
         t["calibrate_latency"] = time.perf_counter() - t0
     base = predict(graph, dev)
     budget = opts.budget(base.latency_ms)
@@ -397,7 +398,7 @@ def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
                       candidates=opts.n_evaluated(graph.macs) if prep.calibration is not None else 0)
     t["optimize"] = time.perf_counter() - t0
     notes = list(result.notes) + list(tgt.notes) + ([calibration_note] if calibration_note else [])
-    selection, latency_of = None, None
+    selection = None
     if opts.calibrate_latency and budget.latency_ms is not None and result.feasible and opts.n_evaluated(graph.macs) > 1 \
             and prep.calibration is not None:
         # measuring here anyway: also consider designs predicted up to LOOSE x over the budget (the
@@ -412,11 +413,11 @@ def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
         have += [c for c in _uniform_candidates(space, dev, acc, budget.latency_ms * LOOSE)
                  if all(c[0] != h[0] for h in have)]
         result.candidates = have
-        latency_of = _local_latency(prep, dev, opts)
         t["optimize"] += time.perf_counter() - t0
     if result.candidates and len(result.candidates) > 1:
         t0 = time.perf_counter()
-        selection = _select(tgt, result, notes, latency_of=latency_of, budget_ms=budget.latency_ms)
+        selection = _select(tgt, result, notes, latency_of=latency_of if result.feasible and
+                            budget.latency_ms is not None else None, budget_ms=budget.latency_ms)
         t["evaluate"] = time.perf_counter() - t0
     unknown = list(graph.graph.get("unknown_ops") or [])
     if unknown:
@@ -491,12 +492,10 @@ def _check_local(dev) -> None:
                          f"not {dev.id}")
 
 
-def _calibrate_latency(prep: Prepared, space, dev, opts: CompileOptions):
+def _calibrate_latency(prep: Prepared, space, dev, latency_of):
     """Measure :data:`CALIBRATION_DESIGNS` of the model here and return the device with the latency
     predictor calibrated on them (:func:`edgepass.predictors.latency.calibrate_on_designs`)."""
-    from .devices.measure import measure
     from .predictors.latency import calibrate_on_designs
-    from .rewrite import apply_design
 
     _check_local(dev)
     if prep.torch_input:
@@ -508,13 +507,8 @@ def _calibrate_latency(prep: Prepared, space, dev, opts: CompileOptions):
         d = space.uniform(ratio, precision=precision)
         if all(d != x for x in designs):
             designs.append(d)
-    threads = int(dev.threads or 1)
-    graphs, ms = [], []
-    for d in designs:
-        model = apply_design(prep.source, d, calibration_data=opts.calibration_data, input_shapes=opts.input_shapes,
-                             recalibrate=False).model
-        graphs.append(space.design_graph(d))
-        ms.append(measure(model, threads=threads, runs=20).median_ms)
+    graphs = [space.design_graph(d) for d in designs]
+    ms = [latency_of(d) for d in designs]
     cal_dev, info = calibrate_on_designs(dev, graphs, ms)
     note = (f"latency calibrated on {info['designs']} designs of this model measured here: fp32 x{info['fp']:.2f}, "
             f"int8 x{info['int8']:.2f}, +{info['extra_ms']:.3f} ms (largest error on them "
@@ -529,26 +523,31 @@ LOOSE = 1.25
 def _uniform_candidates(space, dev, acc, max_ms: float) -> list:
     """Every uniform design (each width ratio, fp32 and int8 where offered) predicted within ``max_ms``,
     as ``(design, predicted ms, predicted accuracy)``: on this machine they are measured, not trusted."""
-    from .optimizers.candidates import RATIOS
+    from .optimizers.candidates import uniform_designs
     from .predictors.latency import LatencyTable
 
     table = LatencyTable(space, dev)
-    precs = [None] + (["int8"] if any("int8" in ps for ps in space.precisions.values()) else [])
-    designs = [space.uniform(r, precision=p) for p in precs for r in RATIOS]
+    designs = uniform_designs(space)
     codes = np.stack([space.encode(d) for d in designs])
     lat, a = table.predict(codes), acc.predict_codes(codes)
     return [(d, float(ms), float(x)) for d, ms, x in zip(designs, lat, a) if ms <= max_ms]
 
 
 def _local_latency(prep: Prepared, dev, opts: CompileOptions):
-    """design -> median latency (ms) of the rewritten model measured here (the device's threads)."""
+    """design -> median latency (ms) of the rewritten model measured here (the device's threads),
+    each design measured once."""
     from .devices.measure import measure
     from .rewrite import apply_design
 
+    seen: dict = {}
+
     def latency_of(design) -> float:
-        model = apply_design(prep.source, design, calibration_data=opts.calibration_data,
-                             input_shapes=opts.input_shapes, recalibrate=False).model
-        return float(measure(model, threads=int(dev.threads or 1), runs=20).median_ms)
+        key = design.to_json(indent=None)
+        if key not in seen:
+            model = apply_design(prep.source, design, calibration_data=opts.calibration_data,
+                                 input_shapes=opts.input_shapes, recalibrate=False).model
+            seen[key] = float(measure(model, threads=int(dev.threads or 1), runs=20).median_ms)
+        return seen[key]
     return latency_of
 
 

@@ -22,6 +22,11 @@ def _precisions(space) -> list:
     return [None] + (["int8"] if any("int8" in ps for ps in space.precisions.values()) else [])
 
 
+def uniform_designs(space) -> list:
+    """The uniform design of every ratio of :data:`RATIOS`, in fp32 and (where offered) int8."""
+    return [space.uniform(r, precision=p) for p in _precisions(space) for r in RATIOS]
+
+
 def widest_uniform(problem, budget: Budget, space, precision=None, reference_accuracy=None) -> np.ndarray | None:
     """Code of the widest uniform design (all layers at ``precision``) that meets the budget under
     the predictors: the uniform-scaling baseline as the predictor sees it; None if none does."""
@@ -48,17 +53,15 @@ def candidate_codes(problem, budget: Budget, space, first, *, k: int = 4, refere
     for p in reversed(_precisions(space)):
         add(widest_uniform(problem, budget, space, p, reference_accuracy))
     scored = []
-    for p in _precisions(space):
-        for r in RATIOS:
-            res = repair(problem, budget, space.encode(space.uniform(r, precision=p)),
-                         reference_accuracy=reference_accuracy, polish=polish)
-            if res.feasible:
-                ev = problem.evaluate(np.asarray(res.code)[None])
-                obj = float(budget.objective(ev["latency_ms"], ev["energy_mj"], ev["accuracy"])[0])
-                scored.append((-obj, len(scored), np.asarray(res.code, dtype=np.int64)))
+    for d in uniform_designs(space):
+        res = repair(problem, budget, space.encode(d), reference_accuracy=reference_accuracy, polish=polish)
+        if res.feasible:
+            ev = problem.evaluate(np.asarray(res.code)[None])
+            obj = float(budget.objective(ev["latency_ms"], ev["energy_mj"], ev["accuracy"])[0])
+            scored.append((-obj, len(scored), np.asarray(res.code, dtype=np.int64)))
     for _, _, code in sorted(scored, key=lambda t: (t[0], t[1])):
         add(code)
     return out
 
 
-__all__ = ["candidate_codes", "widest_uniform", "RATIOS"]
+__all__ = ["candidate_codes", "uniform_designs", "widest_uniform", "RATIOS"]
