@@ -20,8 +20,9 @@ parameter of each baseline (multiplier, MACs fraction) is bisected with real onn
 (:func:`edgepass.devices.measure.measure`, 1 thread, median) until the measured latency is within
 ``tol`` (5 %) of the target. ``int8`` has no parameter: it is measured once and reported as is.
 
-Baselines get the same recovery edgepass gets: batch-norm recalibration (statistics matching for
-ONNX) on the calibration data, and int8 ranges calibrated on it. Widths are any multiple of a
+Baselines get the same recovery edgepass gets: least-squares reconstruction where compile would
+run it (``reconstruct``), batch-norm recalibration (statistics matching for ONNX) on the
+calibration data, and int8 ranges calibrated on it. Widths are any multiple of a
 group's granularity and of the CPU's vector block (see :func:`channel_step`) -- finer than edgepass's offered choices, so the
 bisection can get close to its target.
 """
@@ -159,7 +160,7 @@ def magnitude_design(space, scores: dict, macs_fraction: float):
 # --------------------------------------------------------------------------------------------
 # realise and measure
 # --------------------------------------------------------------------------------------------
-def realise(proto, space, design, calibration=None, *, recalibrate: bool = True):
+def realise(proto, space, design, calibration=None, *, recalibrate: bool = True, reconstruct: bool | None = None):
     """The ONNX model of ``design`` (widths from ``space``, which may be a :func:`fine_space`)."""
     import onnx
     import onnx_ir as ir
@@ -170,7 +171,7 @@ def realise(proto, space, design, calibration=None, *, recalibrate: bool = True)
     if design == space.identity():
         return onnx.ModelProto.FromString(proto.SerializeToString())
     pipe = _onnx_pipeline(space, design, calibration_data=calibration, importance="l1", original=proto,
-                          recalibrate=recalibrate)
+                          recalibrate=recalibrate, reconstruct=reconstruct)
     return ir.to_proto(pipe(ir.from_proto(onnx.ModelProto.FromString(proto.SerializeToString()))).model)
 
 
@@ -184,13 +185,15 @@ def measured_ms(proto, *, runs: int = 100, repeats: int = 3) -> float:
 
 def to_latency(model, kind: str, target_ms: float, *, calibration=None, tol: float = 0.05, steps: int = 8,
                grid_points: int = 9, max_brackets: int = 3, runs: int = 100, repeats: int = 3,
-               space=None) -> BaselineResult:
+               space=None, reconstruct: bool | None = None) -> BaselineResult:
     """Baseline ``kind`` of the ONNX ``model`` tuned to ``target_ms`` measured on this CPU.
 
     The parameter (in ``[MIN_PARAM, 1]``) is measured on a grid of ``grid_points``; the largest one
     within ``tol`` of the target wins, else the brackets around the target (up to ``max_brackets``,
     largest parameter first) are bisected ``steps`` times each; failing that, the closest model measured is returned with
-    ``within=False`` (e.g. a target below what the narrowest model reaches)."""
+    ``within=False`` (e.g. a target below what the narrowest model reaches). The search measures
+    statistics-matched models; the one returned gets the recovery ``reconstruct`` asks for (as in
+    :func:`edgepass.apply`; weights only, so its latency is the one measured)."""
     from .frontends.onnx import analyze_onnx, load_model
     from .space import build_space
 
@@ -216,7 +219,7 @@ def to_latency(model, kind: str, target_ms: float, *, calibration=None, tol: flo
         d = design_of(p)
         key = d.to_json()
         if key not in cache:
-            m = realise(proto, space, d, calibration)
+            m = realise(proto, space, d, calibration, reconstruct=False)
             ms = measured_ms(m, runs=runs, repeats=repeats)
             if abs(ms / target_ms - 1) <= tol:   # a hit is confirmed by a second measurement (shared CPUs)
                 ms = float(np.median([ms, measured_ms(m, runs=runs, repeats=repeats)]))
@@ -227,6 +230,8 @@ def to_latency(model, kind: str, target_ms: float, *, calibration=None, tol: flo
 
     def done(p, entry, note=""):
         m, ms, d = entry
+        if reconstruct is not False and calibration is not None:
+            m = realise(proto, space, d, calibration, reconstruct=reconstruct)
         return BaselineResult(kind, target_ms, ms, abs(ms / target_ms - 1) <= tol, p, m, d.to_dict(),
                               int(space.design_graph(d).macs), trace, note)
 

@@ -182,6 +182,9 @@ class CompileOptions:
     repaired uniform designs) on the calibration data, with the same recovery, and keep the best
     measured; ``None`` = 4 with calibration data for models up to 2 GMACs, else 0 (off; it needs
     calibration data).
+    ``reconstruct``: with calibration data, refit the rewritten ONNX layers to the original's
+    outputs by least squares before recalibrating (``None``: only for small models, where it costs
+    well under a second per layer; see :mod:`edgepass.passes.reconstruct`).
     """
 
     latency_ms: float | None = None
@@ -205,6 +208,7 @@ class CompileOptions:
     optimizer_options: dict | None = None
     evaluate_top: int | None = None
     calibrate_latency: bool = False
+    reconstruct: bool | None = None
 
     def __post_init__(self):
         from .optimizers.api import METHODS
@@ -325,13 +329,13 @@ def target(prep: Prepared, precisions: tuple, options: CompileOptions) -> Target
     t0 = time.perf_counter()
     space = build_space(prep.graph).restrict(ignore=options.ignore, precisions=list(precisions))
     kw = dict(options.accuracy_options or {})
-    key = f"{prep.fingerprint}-{space.hash()}-{json.dumps(kw, sort_keys=True)}"
+    key = f"{prep.fingerprint}-{space.hash()}-{json.dumps(kw, sort_keys=True)}-reconstruct={options.reconstruct}"
     model = prep.source
     acc = load_accuracy(options.cache_dir, key, model=model, space=space, x=prep.calibration, labels=options.labels,
                         example_inputs=prep.example_inputs)
     if acc is None:
         acc = AccuracyPredictor(model, prep.calibration, options.labels, example_inputs=prep.example_inputs,
-                                space=space, seed=options.seed, **kw).fit()
+                                space=space, seed=options.seed, reconstruct=options.reconstruct, **kw).fit()
         save_accuracy(options.cache_dir, key, acc)
     notes = ([acc.info["note"]] if acc.info.get("note") else []) + \
         [f"accuracy predictor: {acc.info.get('metric')} on {acc.info.get('samples')} samples"]
@@ -436,7 +440,7 @@ def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
     t0 = time.perf_counter()
     applied = apply_design(source, design, example_inputs=prep.example_inputs, calibration_data=opts.calibration_data,
                            finetune=opts.finetune, finetune_steps=opts.finetune_steps, seed=opts.seed,
-                           input_shapes=opts.input_shapes)
+                           input_shapes=opts.input_shapes, reconstruct=opts.reconstruct)
     t["rewrite"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     v = verify(source, applied.model, design, example_inputs=prep.example_inputs if prep.torch_input else None,

@@ -22,7 +22,8 @@ def _needs_precision(space: DesignSpace, design: Design) -> bool:
                for layer in space.precisions)
 
 
-def _onnx_pipeline(space, design, *, calibration_data, importance, original=None, recalibrate=True):
+def _onnx_pipeline(space, design, *, calibration_data, importance, original=None, recalibrate=True,
+                   reconstruct=None):
     from .passes.base import Pipeline
     from .passes.kernel import KernelPassONNX
     from .passes.width import WidthPassONNX
@@ -30,9 +31,14 @@ def _onnx_pipeline(space, design, *, calibration_data, importance, original=None
     width, kernel = WidthPassONNX(space, design, importance=importance), KernelPassONNX(space, design)
     passes = [width, kernel]
     if recalibrate and calibration_data is not None and original is not None:
+        from .passes.reconstruct import ReconstructPassONNX, default_on
         from .passes.recalibrate import RecalibratePassONNX
 
-        passes.append(RecalibratePassONNX(original, space, width, kernel, calibration_data))
+        refit = None
+        if reconstruct if reconstruct is not None else default_on(space):
+            refit = ReconstructPassONNX(original, space, width, kernel, calibration_data)
+            passes.append(refit)
+        passes.append(RecalibratePassONNX(original, space, width, kernel, calibration_data, after=refit))
     if _needs_precision(space, design):
         from .passes.precision_onnx import PrecisionPassONNX
 
@@ -76,7 +82,7 @@ class Applied:
 
 def apply_design(model, design: Design, *, example_inputs=None, calibration_data=None, importance: str = "l1",
                  input_shapes: dict | None = None, recalibrate: bool = True, finetune=None,
-                 finetune_steps: int = 200, seed: int = 0) -> Applied:
+                 finetune_steps: int = 200, seed: int = 0, reconstruct: bool | None = None) -> Applied:
     """Run the width, kernel, recalibration (with calibration data), fine-tuning (PyTorch input with
     ``finetune`` data) and precision passes, in that order, and keep the bookkeeping."""
     if isinstance(design, dict):
@@ -111,25 +117,29 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
         return Applied(onnx.ModelProto.FromString(proto.SerializeToString()), space, design, [])
     irm = ir.from_proto(proto)
     result = _onnx_pipeline(space, design, calibration_data=calibration_data, importance=importance,
-                            original=proto, recalibrate=recalibrate)(irm)
+                            original=proto, recalibrate=recalibrate, reconstruct=reconstruct)(irm)
     return Applied(ir.to_proto(result.model), space, design, result.changes)
 
 
 def apply(model, design: Design, *, example_inputs=None, calibration_data=None, importance: str = "l1",
-          recalibrate: bool = True, finetune=None, finetune_steps: int = 200, seed: int = 0):
+          recalibrate: bool = True, finetune=None, finetune_steps: int = 200, seed: int = 0,
+          reconstruct: bool | None = None):
     """Rewrite ``model`` to ``design``; returns the type it was given.
 
     ``nn.Module`` in -> ``torch.fx.GraphModule`` (an ``nn.Module``) out; ONNX ``ModelProto`` or path
     in -> ``ModelProto`` out. ``importance`` picks the channels a narrowed group keeps: ``"l1"``
     (filter L1 norm, default) or ``"bn"`` (batch-norm scale). With calibration data, narrowed or
     kernel-shrunk models are recalibrated (batch-norm statistics re-estimated; ``recalibrate=False``
-    turns it off) before int8 ranges are calibrated. ``finetune`` (PyTorch input: inputs, or an
+    turns it off) before int8 ranges are calibrated. ONNX input is also reconstructed first: every
+    conv/linear after the first change refitted by least squares to the original's outputs on the
+    calibration data (``reconstruct``: ``None`` = for small models, see
+    :func:`edgepass.passes.reconstruct.default_on`; ``True``/``False`` force it). ``finetune`` (PyTorch input: inputs, or an
     ``(inputs, labels)`` pair) trains the rewritten module for ``finetune_steps`` steps to match the
     original's outputs (distillation), deterministically under ``seed``.
     """
     return apply_design(model, design, example_inputs=example_inputs, calibration_data=calibration_data,
                         importance=importance, recalibrate=recalibrate, finetune=finetune,
-                        finetune_steps=finetune_steps, seed=seed).model
+                        finetune_steps=finetune_steps, seed=seed, reconstruct=reconstruct).model
 
 
 # --------------------------------------------------------------------------------------------

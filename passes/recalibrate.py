@@ -87,39 +87,46 @@ def _layer_outputs(proto: onnx.ModelProto, names: list[str], feeds: list[dict]) 
     return stats
 
 
+def affected_layers(space, width_pass, kernel_pass, *, include_outputs: bool = False) -> dict:
+    """Layers whose outputs move after the width/kernel passes -> (output tensor, kept output
+    channel indices or None): every layer from the first changed one on, in graph order (downstream
+    of a change every layer's statistics move). Producers of model outputs only with
+    ``include_outputs``."""
+    g = space.graph
+    width_edits, kernel_edits = width_pass.edits, kernel_pass.edits
+    changed_in = {e.op for e in width_edits
+                  if e.kind in ("conv", "linear") and ("in_channels" in e.attrs or "in_features" in e.attrs)}
+    kept = {}
+    for e in width_edits:
+        for s in e.slices:
+            op = g.op(e.op)
+            if op.kind in ("conv", "linear") and s.const == op.const("weight").name and \
+                    s.axis == (1 if op.attrs.get("weight_transposed") else 0):
+                kept[e.op] = s.indices
+    changed = changed_in | set(kept) | {e.op for e in kernel_edits}
+    order = [op.name for op in g.layers()]
+    first = min((order.index(n) for n in changed if n in order), default=len(order))
+    outputs = set() if include_outputs else set(g.graph["outputs"])
+    return {n: (g.op(n).outputs[0], kept.get(n)) for n in order[first:] if g.op(n).outputs[0] not in outputs}
+
+
 class RecalibratePassONNX(RewritePass):
     name = "recalibrate"
 
     def __init__(self, original: onnx.ModelProto, space, width_pass, kernel_pass, calibration, *,
-                 max_samples: int = MAX_SAMPLES):
-        """``width_pass`` / ``kernel_pass``: the passes that ran before (their ``edits`` say what changed)."""
-        self.original, self.space, self.max_samples = original, space, max_samples
+                 max_samples: int = MAX_SAMPLES, after=None):
+        """``width_pass`` / ``kernel_pass``: the passes that ran before (their ``edits`` say what
+        changed); ``after``: a reconstruction pass that ran before, whose refitted layers (``done``)
+        are left alone."""
+        self.original, self.space, self.max_samples, self.after = original, space, max_samples, after
         self.width_pass, self.kernel_pass, self.calibration = width_pass, kernel_pass, calibration
-
-    def _targets(self):
-        """Affected layers -> (output tensor, kept output channel indices or None)."""
-        g = self.space.graph
-        width_edits, kernel_edits = self.width_pass.edits, self.kernel_pass.edits
-        changed_in = {e.op for e in width_edits
-                      if e.kind in ("conv", "linear") and ("in_channels" in e.attrs or "in_features" in e.attrs)}
-        kept = {}
-        for e in width_edits:
-            for s in e.slices:
-                op = g.op(e.op)
-                if op.kind in ("conv", "linear") and s.const == op.const("weight").name and \
-                        s.axis == (1 if op.attrs.get("weight_transposed") else 0):
-                    kept[e.op] = s.indices
-        changed = changed_in | set(kept) | {e.op for e in kernel_edits}
-        # downstream of a change every layer's statistics move: correct all layers after the first change
-        order = [op.name for op in g.layers()]
-        first = min((order.index(n) for n in changed if n in order), default=len(order))
-        outputs = set(g.graph["outputs"])
-        return {n: (g.op(n).outputs[0], kept.get(n)) for n in order[first:] if g.op(n).outputs[0] not in outputs}
 
     def call(self, model: ir.Model):
         if self.calibration is None:
             return self.result(model, [])
-        targets = self._targets()
+        done = self.after.done if self.after is not None else set()
+        targets = {n: t for n, t in affected_layers(self.space, self.width_pass, self.kernel_pass).items()
+                   if n not in done}
         if not targets:
             return self.result(model, [])
         # one batch of all samples where the batch is dynamic: the one-pass statistics are then exact

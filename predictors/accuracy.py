@@ -87,7 +87,8 @@ def _fixed_onnx_batch(model) -> int | None:
 class AccuracyPredictor:
     def __init__(self, model, calibration_data=None, labels=None, *, example_inputs=None, space=None,
                  recalibrate: bool = True, max_levels: int = 8, max_knobs: int = 64, n_fit: int = 12,
-                 seed: int = 0, synthetic_samples: int = 256, batch_size: int = 512):
+                 seed: int = 0, synthetic_samples: int = 256, batch_size: int = 512,
+                 reconstruct: bool | None = None):
         from edgepass.api import is_torch_module
 
         self.model = model
@@ -95,6 +96,7 @@ class AccuracyPredictor:
         # recovery the compile will run: recalibration needs calibration data, so data-free
         # predictions (synthetic inputs) are of the unrecalibrated model, as compile hands it back
         self.recalibrate = recalibrate and calibration_data is not None
+        self.reconstruct = reconstruct
         self.max_levels, self.max_knobs, self.n_fit, self.seed = max_levels, max_knobs, n_fit, seed
         self.batch_size = batch_size
         self.data_free = calibration_data is None
@@ -127,10 +129,17 @@ class AccuracyPredictor:
         self.correction: dict = {"kind": "none"}
         self.info: dict = {"metric": self.metric, "data_free": self.data_free, "samples": int(len(self.x)),
                            "backend": "fx fake-quant" if self.torch else "onnx (edgepass.apply)",
-                           "recalibrated": self.recalibrate}
+                           "recalibrated": self.recalibrate, "reconstructed": self._reconstructs()}
         if self.data_free:
             self.info["note"] = (f"data-free: fidelity to the original model on {synthetic_samples} seeded N(0,1) "
                                  f"inputs, not accuracy")
+
+    def _reconstructs(self) -> bool:
+        """Whether the recovery measured here includes least-squares reconstruction (ONNX only)."""
+        from edgepass.passes.reconstruct import default_on
+
+        return (not self.torch and self.recalibrate and
+                (self.reconstruct if self.reconstruct is not None else default_on(self.space)))
 
     # -- plumbing ----------------------------------------------------------------------------
     def _space(self):
@@ -166,7 +175,8 @@ class AccuracyPredictor:
         if not self.torch:
             from edgepass.rewrite import apply
 
-            return apply(self.model, design, calibration_data=self.x, recalibrate=self.recalibrate)
+            return apply(self.model, design, calibration_data=self.x, recalibrate=self.recalibrate,
+                         reconstruct=self.reconstruct)
         from edgepass.passes.base import Pipeline
         from edgepass.passes.kernel import KernelPassFX
         from edgepass.passes.precision_fx import PrecisionPassFX

@@ -43,7 +43,7 @@ def test_onnx_statistics_matching_recovers_accuracy(digits, digits_onnx, ratio):
     _, data = digits
     design = edgepass.design_space(digits_onnx).uniform(ratio)
     plain = edgepass.apply(digits_onnx, design, calibration_data=data["calibration"], recalibrate=False)
-    recal = edgepass.apply(digits_onnx, design, calibration_data=data["calibration"])
+    recal = edgepass.apply(digits_onnx, design, calibration_data=data["calibration"], reconstruct=False)
     assert accuracy(recal, data) > accuracy(plain, data) + 0.2
     assert edgepass.verify(digits_onnx, recal, design).ok
 
@@ -90,9 +90,9 @@ def test_one_pass_statistics_equal_layer_by_layer(digits, digits_onnx, monkeypat
     _, data = digits
     design = edgepass.design_space(digits_onnx).uniform(0.5)
     cal = data["calibration"][:48]
-    fast = edgepass.apply(digits_onnx, design, calibration_data=cal)
+    fast = edgepass.apply(digits_onnx, design, calibration_data=cal, reconstruct=False)
     monkeypatch.setattr(recalibrate, "_normalized_stats", lambda *a: 1 / 0)   # force the fallback
-    slow = edgepass.apply(digits_onnx, design, calibration_data=cal)
+    slow = edgepass.apply(digits_onnx, design, calibration_data=cal, reconstruct=False)
     x = data["x_test"][:200]
     a, b = run_model(fast, [x])[0], run_model(slow, [x])[0]
     assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max()

@@ -2,6 +2,7 @@
 ``--devices FLEET.txt``, into OUTDIR) and ``--check``."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -39,6 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--calibrate-latency", action="store_true",
                    help="local/cpu-ort-* devices: measure 4 designs of the model here first and calibrate the "
                         "latency predictor's fp32/int8 scales on them (the result then depends on timings)")
+    p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --calibration, refit rewritten layers to the original's outputs by least squares "
+                        "(default: for small models only)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="trained optimizers and accuracy predictors (default $EDGEPASS_CACHE or ~/.cache/edgepass)")
     p.add_argument("--report", metavar="R.json", help="write the report as JSON")
@@ -63,7 +67,7 @@ def options_from_args(args):
                           seed=args.seed, precisions=tuple(args.precisions.split(",")) if args.precisions else None,
                           input_shapes=parse_input_shapes(args.input_shape), cache_dir=args.cache_dir,
                           plot=args.plot, evaluate_top=args.evaluate_top,
-                          calibrate_latency=args.calibrate_latency)
+                          calibrate_latency=args.calibrate_latency, reconstruct=args.reconstruct)
 
 
 def _same_file(a: Path, b: Path) -> bool:

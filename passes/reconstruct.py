@@ -1,0 +1,263 @@
+"""Least-squares reconstruction after width/kernel rewrites (ONNX): refit each affected layer so its
+outputs match the original model's on the calibration data.
+
+Recalibration (``recalibrate.py``) restores each channel's mean and scale; it cannot undo what
+narrowing did to the *mix* of inputs a layer sees. Here every conv/linear from the first change on
+gets new weights: with ``X`` the layer's input in the rewritten model (im2col patches for a conv,
+one row per sampled output position) and ``Y`` the same layer's output in the original model (kept
+channels only), solve per group
+
+    min_W ||[X 1] W - Y||^2 + lam ||W - W0||^2
+
+(ridge towards the current weights, ``lam`` relative to the mean diagonal of ``X^T X``, so layers
+that are already right stay put). This is the "reconstruction" step of channel-pruning methods
+(ThiNet, He et al. 2017) done with the original model as the teacher and without training. Layers
+are refitted one at a time in graph order, each on the inputs produced by the already refitted
+layers before it (one onnxruntime pass over the data per layer), which is why it is on by default
+only for small models (:func:`default_on`). Logit layers are refitted too: their
+target is the original logits.
+
+Requires: calibration data, layers whose weights are constants; guarantees: same graph structure,
+only weights/biases of Conv/Gemm nodes change. Layers it refits are listed in ``done`` so the
+statistics matching that follows leaves them alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from edgepass.calibration import calibration_feeds
+
+from . import onnx_edit
+from .base import RewritePass
+from .recalibrate import MAX_SAMPLES, affected_layers
+
+#: rows (sampled output positions x samples) per layer fit
+MAX_ROWS = 6144
+#: ridge strength relative to the mean diagonal of X^T X
+RIDGE = 1e-3
+#: default on when (weighted layers x MACs) is at most this: one onnxruntime pass over the data per
+#: layer (e.g. MobileNetV2 at 96 px, the digits CNNs; not ResNet-18 or MobileNetV2 at 224 px, where
+#: it takes 10-40 s per rewrite: ask for it with ``reconstruct=True``)
+MAX_WORK = 4.0e9
+CHUNK = 16
+
+
+def _session(proto: onnx.ModelProto, outputs: list[str]):
+    """A session computing ``outputs`` only: the graph is cut to the nodes they depend on (a
+    layer early in the network costs a fraction of a full pass)."""
+    import onnxruntime as ort
+
+    m = onnx.ModelProto.FromString(proto.SerializeToString())
+    g = m.graph
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+        need, stack = set(), [producer[t] for t in outputs if t in producer]
+        while stack:
+            i = stack.pop()
+            if i not in need:
+                need.add(i)
+                stack.extend(producer[t] for t in g.node[i].input if t in producer)
+        keep = [n for i, n in enumerate(g.node) if i in need]
+        del g.node[:]
+        g.node.extend(keep)
+        del g.output[:]
+        used = {t for n in keep for t in n.input}
+        kept_inits = [t for t in g.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(kept_inits)
+    have = {o.name for o in g.output}
+    for n in outputs:
+        if n not in have:
+            g.output.append(onnx.ValueInfoProto(name=n))
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+class _Layer:
+    """One Conv/Gemm to refit: its geometry and the output positions it is fitted on."""
+
+    def __init__(self, node: ir.Node, out_tensor: str, kept):
+        self.node, self.out_tensor, self.kept = node, out_tensor, kept
+        self.in_tensor = node.inputs[0].name
+        self.conv = node.op_type == "Conv"
+        a = node.attributes
+        self.w0 = onnx_edit.const_array(node.inputs[1]).astype(np.float64)
+        has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+        self.b0 = (onnx_edit.const_array(node.inputs[2]).astype(np.float64) if has_bias
+                   else np.zeros(self.w0.shape[0] if self.conv or self._trans_b() else self.w0.shape[1]))
+        n_out = self.w0.shape[0] if self.conv or self._trans_b() else self.w0.shape[1]
+        self.b0 = np.broadcast_to(self.b0.reshape(-1), (n_out,)).copy()
+        if self.conv:
+            k = self.w0.shape[2:]
+            self.kernel = tuple(k)
+            self.strides = tuple(a["strides"].value) if "strides" in a else (1,) * len(k)
+            self.dilations = tuple(a["dilations"].value) if "dilations" in a else (1,) * len(k)
+            self.pads = tuple(a["pads"].value) if "pads" in a else (0,) * (2 * len(k))
+            self.group = a["group"].value if "group" in a else 1
+        self.rows = None  # sampled (sample, position) indices, fixed on the first batch
+
+    def _trans_b(self) -> bool:
+        a = self.node.attributes
+        return bool(a["transB"].value) if "transB" in a else False
+
+    @staticmethod
+    def fittable(node: ir.Node) -> bool:
+        if node.op_type not in ("Conv", "Gemm") or onnx_edit.const_array(node.inputs[1]) is None:
+            return False
+        a = node.attributes
+        if node.op_type == "Conv":
+            auto = a["auto_pad"].value if "auto_pad" in a else "NOTSET"
+            return auto in ("NOTSET", b"NOTSET") and onnx_edit.const_array(node.inputs[1]).ndim == 4
+        alpha = a["alpha"].value if "alpha" in a else 1.0
+        beta = a["beta"].value if "beta" in a else 1.0
+        trans_a = a["transA"].value if "transA" in a else 0
+        return alpha == 1.0 and beta == 1.0 and not trans_a
+
+    def positions(self, out: np.ndarray, total: int, rng) -> None:
+        """Fix the output positions (over all ``total`` samples) the fit uses."""
+        per = int(np.prod(out.shape[2:])) if out.ndim > 2 else 1
+        n = total * per
+        pick = np.sort(rng.choice(n, size=min(n, MAX_ROWS), replace=False))
+        self.rows = (pick // per, pick % per)
+
+    def take(self, arr: np.ndarray, start: int, fn) -> np.ndarray:
+        """Rows of ``fn(arr, sample_idx, position_idx)`` for the sampled positions in this batch."""
+        s, p = self.rows
+        sel = (s >= start) & (s < start + arr.shape[0])
+        return fn(arr, s[sel] - start, p[sel])
+
+    def targets(self, out, start):
+        def f(a, s, p):
+            if a.ndim == 2:
+                return a[s]
+            flat = a.reshape(a.shape[0], a.shape[1], -1)
+            return flat[s, :, p]
+        y = self.take(out, start, f)
+        return y if self.kept is None else y[:, self.kept]
+
+    def patches(self, x, start):
+        if not self.conv:
+            return self.take(x, start, lambda a, s, p: a.reshape(a.shape[0], -1)[s])
+        kh, kw = self.kernel
+        sh, sw = self.strides
+        dh, dw = self.dilations
+        t, l, b, r = self.pads
+        xp = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
+        ho = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+        wo = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+
+        def f(a, s, p):
+            oh, ow = p // wo, p % wo
+            ih = oh[:, None] * sh + np.arange(kh)[None, :] * dh          # (R, kh)
+            iw = ow[:, None] * sw + np.arange(kw)[None, :] * dw          # (R, kw)
+            # (R, C, kh, kw)
+            return xp[s[:, None, None, None], np.arange(xp.shape[1])[None, :, None, None],
+                      ih[:, None, :, None], iw[:, None, None, :]]
+        return self.take(xp, start, f)
+
+    def solve(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """New (weight, bias) in the node's layout; ``x`` rows of inputs, ``y`` rows of targets."""
+        if self.conv:
+            g = self.group
+            cout, cin_g = self.w0.shape[:2]
+            a = x.reshape(x.shape[0], g, cin_g * int(np.prod(self.kernel)))           # (R, G, F)
+            w0 = self.w0.reshape(g, cout // g, -1).transpose(0, 2, 1)                 # (G, F, O)
+            yy = y.reshape(y.shape[0], g, cout // g)                                  # (R, G, O)
+        else:
+            w = self.w0 if not self._trans_b() else self.w0.T                          # (F, O)
+            a, w0, yy = x[:, None, :], w[None], y[:, None, :]
+        b0 = self.b0.reshape(w0.shape[0], -1)                                         # (G, O)
+        ones = np.ones(a.shape[:2] + (1,))
+        a1 = np.concatenate([a, ones], axis=2)                                        # (R, G, F+1)
+        at = a1.transpose(1, 2, 0)                                                    # (G, F+1, R)
+        ata = np.matmul(at, a1.transpose(1, 0, 2))                                    # BLAS, batched over groups
+        aty = np.matmul(at, yy.transpose(1, 0, 2))
+        feat = a.shape[2]
+        lam = RIDGE * np.maximum(np.einsum("gff->g", ata[:, :feat, :feat]) / max(feat, 1), 1e-12)
+        reg = np.zeros_like(ata)
+        idx = np.arange(feat)
+        reg[:, idx, idx] = lam[:, None]
+        reg[:, feat, feat] = lam * 1e-3
+        theta0 = np.concatenate([w0, b0[:, None, :]], axis=1)                         # (G, F+1, O)
+        theta = np.linalg.solve(ata + reg, aty + reg @ theta0)
+        w_new, b_new = theta[:, :feat, :], theta[:, feat, :]
+        if self.conv:
+            g = self.group
+            w_new = w_new.transpose(0, 2, 1).reshape(self.w0.shape)
+        else:
+            w_new = w_new[0] if not self._trans_b() else w_new[0].T
+        return w_new, b_new.reshape(-1)
+
+
+def default_on(space) -> bool:
+    """Whether a rewrite of ``space``'s model reconstructs unless told (see :data:`MAX_WORK`)."""
+    return len(space.graph.layers()) * space.graph.macs <= MAX_WORK
+
+
+class ReconstructPassONNX(RewritePass):
+    name = "reconstruct"
+
+    def __init__(self, original: onnx.ModelProto, space, width_pass, kernel_pass, calibration, *,
+                 max_samples: int = MAX_SAMPLES, seed: int = 0):
+        self.original, self.space, self.max_samples, self.seed = original, space, max_samples, seed
+        self.width_pass, self.kernel_pass, self.calibration = width_pass, kernel_pass, calibration
+        self.done: set = set()
+
+    def call(self, model: ir.Model):
+        self.done = set()
+        if self.calibration is None:
+            return self.result(model, [])
+        targets = affected_layers(self.space, self.width_pass, self.kernel_pass, include_outputs=True)
+        nodes = onnx_edit.node_index(model)
+        layers = {}
+        for name, (tensor, kept) in targets.items():
+            node = nodes.get(self.space.graph.op(name).ref)
+            if node is not None and _Layer.fittable(node):
+                layers[name] = _Layer(node, tensor, kept)
+        if not layers:
+            return self.result(model, [])
+        feeds = calibration_feeds(self.calibration, self.original, max_samples=self.max_samples,
+                                  batch_size=CHUNK, what="reconstruction")
+        total = sum(len(next(iter(f.values()))) for f in feeds)
+        rng = np.random.default_rng(self.seed)
+        # the original's outputs at the sampled positions, every layer in one pass
+        outs = sorted({lay.out_tensor for lay in layers.values()})
+        sess = _session(self.original, outs)
+        ys = {n: [] for n in layers}
+        start = 0
+        for f in feeds:
+            res = dict(zip(outs, sess.run(outs, f)))
+            for n, lay in layers.items():
+                o = np.asarray(res[lay.out_tensor], np.float64)
+                if lay.rows is None:
+                    lay.positions(o, total, rng)
+                ys[n].append(lay.targets(o, start))
+            start += len(next(iter(f.values())))
+        del sess
+        writer = onnx_edit._Writer(model)
+        for n, lay in layers.items():
+            y = np.concatenate(ys.pop(n))
+            sess = _session(ir.to_proto(model), [lay.in_tensor])
+            xs, start = [], 0
+            for f in feeds:
+                x = np.asarray(sess.run([lay.in_tensor], f)[0], np.float64)
+                rows = lay.patches(x, start)
+                xs.append(rows.reshape(rows.shape[0], -1))
+                start += x.shape[0]
+            x = np.concatenate(xs)
+            if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+                continue
+            w, b = lay.solve(x, y)
+            if w.shape != lay.w0.shape or not np.all(np.isfinite(w)) or not np.all(np.isfinite(b)):
+                continue
+            writer.set_input(lay.node, 1, w.astype(np.float32))
+            if len(lay.node.inputs) < 3 or lay.node.inputs[2] is None:
+                lay.node.resize_inputs(3)
+            writer.set_input(lay.node, 2, b.astype(np.float32))
+            self.done.add(n)
+        return self.result(model, [f"refitted {len(self.done)} layers to the original's outputs by least squares "
+                                   f"on {total} samples"] if self.done else [])
