@@ -440,7 +440,8 @@ def compile_prepared(prep: Prepared, tgt: Target, dev, opts: CompileOptions):
     t0 = time.perf_counter()
     applied = apply_design(source, design, example_inputs=prep.example_inputs, calibration_data=opts.calibration_data,
                            finetune=opts.finetune, finetune_steps=opts.finetune_steps, seed=opts.seed,
-                           input_shapes=opts.input_shapes, reconstruct=opts.reconstruct)
+                           input_shapes=opts.input_shapes, reconstruct=opts.reconstruct,
+                           graph=None if prep.torch_input else prep.graph)
     t["rewrite"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     v = verify(source, applied.model, design, example_inputs=prep.example_inputs if prep.torch_input else None,

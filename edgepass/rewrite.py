@@ -42,7 +42,8 @@ def _onnx_pipeline(space, design, *, calibration_data, importance, original=None
     if _needs_precision(space, design):
         from .passes.precision_onnx import PrecisionPassONNX
 
-        passes.append(PrecisionPassONNX(design.precisions, calibration_data))
+        # the rewrite keeps every node and its name: the original's IR locates the int8 layers
+        passes.append(PrecisionPassONNX(design.precisions, calibration_data, graph=space.graph))
     return Pipeline(*passes)
 
 
@@ -82,9 +83,12 @@ class Applied:
 
 def apply_design(model, design: Design, *, example_inputs=None, calibration_data=None, importance: str = "l1",
                  input_shapes: dict | None = None, recalibrate: bool = True, finetune=None,
-                 finetune_steps: int = 200, seed: int = 0, reconstruct: bool | None = None) -> Applied:
+                 finetune_steps: int = 200, seed: int = 0, reconstruct: bool | None = None,
+                 graph=None) -> Applied:
     """Run the width, kernel, recalibration (with calibration data), fine-tuning (PyTorch input with
-    ``finetune`` data) and precision passes, in that order, and keep the bookkeeping."""
+    ``finetune`` data) and precision passes, in that order, and keep the bookkeeping. ``graph``:
+    the IR of the ONNX ``model`` with these ``input_shapes`` when the caller has it (compile does),
+    so it is not analysed again."""
     if isinstance(design, dict):
         design = Design.from_dict(design)
     if is_torch_module(model):
@@ -111,7 +115,7 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
         raise InputError("fine-tuning needs the PyTorch model (ONNX weights cannot be trained here); "
                          "pass the nn.Module, or drop finetune")
     proto = load_model(model)
-    space = build_space(analyze_onnx(proto, input_shapes=input_shapes))
+    space = build_space(graph if graph is not None else analyze_onnx(proto, input_shapes=input_shapes))
     design = space.validate(design)
     if design == space.identity():
         return Applied(onnx.ModelProto.FromString(proto.SerializeToString()), space, design, [])

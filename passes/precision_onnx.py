@@ -302,8 +302,12 @@ class PrecisionPassONNX(RewritePass):
 
     def __init__(self, precisions, calibration=None, *, per_channel: bool = True, activation_type: str = "uint8",
                  calibrate_method: str = "minmax", quantize_glue: bool = True, batch_size: int | None = None,
-                 max_samples: int | None = None, extra_options: dict | None = None):
+                 max_samples: int | None = None, extra_options: dict | None = None, graph=None):
+        """``graph``: the IR of a model with the same nodes (names, order, types) as the one this
+        pass will get, e.g. before a width rewrite; saves analysing it again (checked: any layer it
+        does not find by name and the model is analysed after all)."""
         super().__init__()
+        self.graph = graph
         self.precisions = check_precisions(precisions)
         if activation_type not in _QTYPES:
             raise InputError(f"activation_type must be one of {', '.join(_QTYPES)}, not {activation_type!r}")
@@ -328,7 +332,10 @@ class PrecisionPassONNX(RewritePass):
 
         proto = ir.to_proto(model)              # quantize_static works on protos and files: a copy
         name_nodes(proto)
-        graph = analyze(proto)
+        names = {n.name: n.op_type for n in proto.graph.node}
+        graph = self.graph
+        if graph is None or any(names.get(op.ref) != op.backend_op for op in graph.ops()):
+            graph = analyze(proto)
         layers = {op.name: op for op in graph.layers()}
         check_layers(self.precisions, list(layers))
         want = {k: v for k, v in self.precisions.items() if v != layers[k].precision}

@@ -77,13 +77,21 @@ def _layer_outputs(proto: onnx.ModelProto, names: list[str], feeds: list[dict]) 
     acc: dict = {n: [] for n in names}
     for f in feeds:
         for n, v in zip(names, sess.run(names, f)):
-            acc[n].append(np.asarray(v, dtype=np.float64))
+            # per-channel moments of this batch, reduced in place (no float64 copy of a whole
+            # activation: for resnet50 that copy was most of the recalibration time)
+            v = np.asarray(v)
+            axes = (0,) + tuple(range(2, v.ndim)) if v.ndim >= 3 else (0,)
+            m = v.mean(axis=axes, dtype=np.float64)
+            var = v.var(axis=axes, dtype=np.float64)
+            acc[n].append((v.size // v.shape[1 if v.ndim >= 2 else 0], m, var))
     stats = {}
-    for n, vs in acc.items():
-        v = np.concatenate(vs, axis=0)
-        axis = 1 if v.ndim >= 3 else v.ndim - 1
-        moved = np.moveaxis(v, axis, 0).reshape(v.shape[axis], -1)
-        stats[n] = (moved.mean(1), moved.std(1))
+    for n, parts in acc.items():
+        w = np.array([k for k, _, _ in parts], dtype=np.float64)[:, None]
+        mu = np.stack([m for _, m, _ in parts])
+        mean_ = (w * mu).sum(0) / w.sum()
+        # pooled over batches: within-batch variance plus the spread of the batch means
+        tot = (w * (np.stack([v for _, _, v in parts]) + (mu - mean_) ** 2)).sum(0) / w.sum()
+        stats[n] = (mean_, np.sqrt(tot))
     return stats
 
 
