@@ -25,7 +25,7 @@ weights are random), with a coarse sweep (``--accuracy-levels``) so the benchmar
 
     python benchmarks/compile.py [--quick] [--skip-resnet50] [--fleet 100] [--models resnet18,...]
            [--frontends fx,onnx] [--fractions 0.8,0.6,0.4] [--method search|amortized]
-           [--resnet50-cache DIR]
+           [--resnet50-cache DIR] [--calibrate-latency]
 """
 from __future__ import annotations
 
@@ -146,7 +146,8 @@ def section_end_to_end(args, calib, tmp: Path) -> list[dict]:
                         _, rep, feasible = compile_with_report(
                             model, dev, latency_fraction=frac, method=args.method, calibration_data=calib,
                             example_inputs=x if fe == "fx" else None, cache_dir=str(tmp / "cache"),
-                            accuracy_options=args.accuracy_options)
+                            accuracy_options=args.accuracy_options,
+                            calibrate_latency=args.calibrate_latency and fe == "onnx" and dev.startswith("local/"))
                     except edgepass.EdgepassError as exc:
                         rows.append({"model": name, "input": fe, "device": dev, "fraction": frac, "error": str(exc)})
                         print(f"[bench] {name} {fe} {dev} {frac}: {exc}", file=sys.stderr)
@@ -195,6 +196,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="resnet18 only, ONNX+FX, 2 budgets, fleet of 20 on digits")
     ap.add_argument("--skip-resnet50", action="store_true")
     ap.add_argument("--resnet50-device", default="help/pixel2")
+    ap.add_argument("--calibrate-latency", action="store_true",
+                    help="end to end: ONNX compiles for this CPU's devices measure their candidates here "
+                         "(compile's calibrate_latency)")
     ap.add_argument("--resnet50-cache", metavar="DIR",
                     help="keep resnet50's trained optimizer and accuracy predictor here (default: a temporary "
                          "directory); run twice to time warm compiles in a new process")

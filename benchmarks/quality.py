@@ -387,6 +387,7 @@ def main() -> int:
                "predictor": [], "torchvision": []}
     for name in [n for n in args.nets.split(",") if n not in ("", "none")]:
         t0 = time.perf_counter()
+        torch.manual_seed(0)               # the initial weights too: the rows are reproducible run to run
         net = train(NETS[name](), D["xtr"], D["ytr"])
         train_s = time.perf_counter() - t0
         proto = to_onnx(net, torch.from_numpy(D["xval"][:1]))

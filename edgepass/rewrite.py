@@ -48,15 +48,21 @@ def _onnx_pipeline(space, design, *, calibration_data, importance, original=None
 
 
 def _fx_pipeline(space, design, *, calibration_data, importance, example_inputs=None, recalibrate=True,
-                 teacher=None, finetune=None, finetune_steps=200, seed=0):
+                 teacher=None, finetune=None, finetune_steps=200, seed=0, reconstruct=None):
     from .passes.base import Pipeline
     from .passes.kernel import KernelPassFX
     from .passes.width import WidthPassFX
 
-    passes = [WidthPassFX(space, design, importance=importance), KernelPassFX(space, design)]
+    width, kernel = WidthPassFX(space, design, importance=importance), KernelPassFX(space, design)
+    passes = [width, kernel]
     changes_shape = design.widths != space.identity().widths or design.kernels != space.identity().kernels
     if recalibrate and calibration_data is not None and changes_shape:
+        from .passes.reconstruct import ReconstructPassFX, default_on
         from .passes.recalibrate import RecalibratePassFX
+
+        traced = space.graph.graph.get("gm")    # the original, traced: same node names as the rewrite
+        if traced is not None and (reconstruct if reconstruct is not None else default_on(space)):
+            passes.append(ReconstructPassFX(traced, space, width, kernel, calibration_data, example_inputs))
 
         passes.append(RecalibratePassFX(calibration_data, example_inputs))
     if finetune is not None and changes_shape:
@@ -102,7 +108,8 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
         gm = copy.deepcopy(gm)  # symbolic_trace shares submodules with the user's model
         result = _fx_pipeline(space, design, calibration_data=calibration_data, importance=importance,
                               example_inputs=example_inputs_for(model, example_inputs), recalibrate=recalibrate,
-                              teacher=model, finetune=finetune, finetune_steps=finetune_steps, seed=seed)(gm)
+                              teacher=model, finetune=finetune, finetune_steps=finetune_steps, seed=seed,
+                              reconstruct=reconstruct)(gm)
         return Applied(result.model, space, design, result.changes)
     import onnx
     import onnx_ir as ir

@@ -1,5 +1,5 @@
-"""Least-squares reconstruction after width/kernel rewrites (ONNX): refit each affected layer so its
-outputs match the original model's on the calibration data.
+"""Least-squares reconstruction after width/kernel rewrites (ONNX and FX): refit each affected layer
+so its outputs match the original model's on the calibration data.
 
 Recalibration (``recalibrate.py``) restores each channel's mean and scale; it cannot undo what
 narrowing did to the *mix* of inputs a layer sees. Here every conv/linear from the first change on
@@ -18,8 +18,9 @@ only for small models (:func:`default_on`). Logit layers are refitted too: their
 target is the original logits.
 
 Requires: calibration data, layers whose weights are constants; guarantees: same graph structure,
-only weights/biases of Conv/Gemm nodes change. Layers it refits are listed in ``done`` so the
-statistics matching that follows leaves them alone.
+only weights/biases of Conv/Gemm nodes (FX: ``Conv2d``/``Linear`` modules; a conv without bias gets
+one) change. ONNX: layers it refits are listed in ``done`` so the statistics matching that follows
+leaves them alone; FX: batch norms are re-estimated afterwards as usual.
 """
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ from .recalibrate import MAX_SAMPLES, affected_layers
 MAX_ROWS = 6144
 #: ridge strength relative to the mean diagonal of X^T X
 RIDGE = 1e-3
-#: default on when (weighted layers x MACs) is at most this: one onnxruntime pass over the data per
-#: layer (e.g. MobileNetV2 at 96 px, the digits CNNs; not ResNet-18 or MobileNetV2 at 224 px, where
-#: it takes 10-40 s per rewrite: ask for it with ``reconstruct=True``)
-MAX_WORK = 4.0e9
+#: default on when (weighted layers x MACs) is at most this: it costs one pass over the data per
+#: layer, and the accuracy predictor's sweep pays it on every design it measures. On for the digits
+#: CNNs (0.3 s per rewrite) or a CIFAR ResNet-20; off for MobileNetV2 at 96 px (~5 s per rewrite),
+#: ResNet-18 at 224 px (12-24 s): ask for it there with ``reconstruct=True``
+MAX_WORK = 1.0e9
 CHUNK = 16
 
 
@@ -78,31 +80,57 @@ def _session(proto: onnx.ModelProto, outputs: list[str]):
 
 
 class _Layer:
-    """One Conv/Gemm to refit: its geometry and the output positions it is fitted on."""
+    """One conv/linear to refit: its weights, geometry and the output positions it is fitted on.
+    ``trans_b``: a linear's weight is (out, in) (Gemm transB=1, torch ``Linear``); else (in, out)."""
 
-    def __init__(self, node: ir.Node, out_tensor: str, kept):
-        self.node, self.out_tensor, self.kept = node, out_tensor, kept
-        self.in_tensor = node.inputs[0].name
-        self.conv = node.op_type == "Conv"
-        a = node.attributes
-        self.w0 = onnx_edit.const_array(node.inputs[1]).astype(np.float64)
-        has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-        self.b0 = (onnx_edit.const_array(node.inputs[2]).astype(np.float64) if has_bias
-                   else np.zeros(self.w0.shape[0] if self.conv or self._trans_b() else self.w0.shape[1]))
-        n_out = self.w0.shape[0] if self.conv or self._trans_b() else self.w0.shape[1]
-        self.b0 = np.broadcast_to(self.b0.reshape(-1), (n_out,)).copy()
+    def __init__(self, w0, b0, *, conv: dict | None = None, trans_b: bool = True, out_tensor=None, kept=None):
+        self.out_tensor, self.kept, self.conv = out_tensor, kept, conv is not None
+        self.w0 = np.asarray(w0, dtype=np.float64)
+        self.trans_b = trans_b
+        n_out = self.w0.shape[0] if self.conv or trans_b else self.w0.shape[1]
+        self.b0 = (np.zeros(n_out) if b0 is None else
+                   np.broadcast_to(np.asarray(b0, dtype=np.float64).reshape(-1), (n_out,)).copy())
         if self.conv:
             k = self.w0.shape[2:]
             self.kernel = tuple(k)
-            self.strides = tuple(a["strides"].value) if "strides" in a else (1,) * len(k)
-            self.dilations = tuple(a["dilations"].value) if "dilations" in a else (1,) * len(k)
-            self.pads = tuple(a["pads"].value) if "pads" in a else (0,) * (2 * len(k))
-            self.group = a["group"].value if "group" in a else 1
+            self.strides = tuple(conv.get("strides") or (1,) * len(k))
+            self.dilations = tuple(conv.get("dilations") or (1,) * len(k))
+            self.pads = tuple(conv.get("pads") or (0,) * (2 * len(k)))   # ONNX order: begins, then ends
+            self.group = int(conv.get("group") or 1)
         self.rows = None  # sampled (sample, position) indices, fixed on the first batch
+        self.node = self.module = self.in_tensor = None
 
-    def _trans_b(self) -> bool:
-        a = self.node.attributes
-        return bool(a["transB"].value) if "transB" in a else False
+    @classmethod
+    def from_node(cls, node: ir.Node, out_tensor: str, kept) -> "_Layer":
+        a = node.attributes
+
+        def attr(k):
+            return tuple(a[k].value) if k in a else None
+        has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+        b0 = onnx_edit.const_array(node.inputs[2]) if has_bias else None
+        conv = ({"strides": attr("strides"), "dilations": attr("dilations"), "pads": attr("pads"),
+                 "group": a["group"].value if "group" in a else 1} if node.op_type == "Conv" else None)
+        trans_b = bool(a["transB"].value) if "transB" in a else False
+        lay = cls(onnx_edit.const_array(node.inputs[1]), b0, conv=conv, trans_b=trans_b, out_tensor=out_tensor,
+                  kept=kept)
+        lay.node, lay.in_tensor = node, node.inputs[0].name
+        return lay
+
+    @classmethod
+    def from_module(cls, module, kept) -> "_Layer":
+        """A torch ``Conv2d`` (zero padding, numeric) or ``Linear``."""
+        import torch
+
+        w = module.weight.detach().double().numpy()
+        b = None if module.bias is None else module.bias.detach().double().numpy()
+        conv = None
+        if isinstance(module, torch.nn.Conv2d):
+            ph, pw = module.padding
+            conv = {"strides": module.stride, "dilations": module.dilation, "pads": (ph, pw, ph, pw),
+                    "group": module.groups}
+        lay = cls(w, b, conv=conv, trans_b=True, kept=kept)
+        lay.module = module
+        return lay
 
     @staticmethod
     def fittable(node: ir.Node) -> bool:
@@ -168,7 +196,7 @@ class _Layer:
             w0 = self.w0.reshape(g, cout // g, -1).transpose(0, 2, 1)                 # (G, F, O)
             yy = y.reshape(y.shape[0], g, cout // g)                                  # (R, G, O)
         else:
-            w = self.w0 if not self._trans_b() else self.w0.T                          # (F, O)
+            w = self.w0 if not self.trans_b else self.w0.T                             # (F, O)
             a, w0, yy = x[:, None, :], w[None], y[:, None, :]
         b0 = self.b0.reshape(w0.shape[0], -1)                                         # (G, O)
         ones = np.ones(a.shape[:2] + (1,))
@@ -189,7 +217,7 @@ class _Layer:
             g = self.group
             w_new = w_new.transpose(0, 2, 1).reshape(self.w0.shape)
         else:
-            w_new = w_new[0] if not self._trans_b() else w_new[0].T
+            w_new = w_new[0] if not self.trans_b else w_new[0].T
         return w_new, b_new.reshape(-1)
 
 
@@ -217,7 +245,7 @@ class ReconstructPassONNX(RewritePass):
         for name, (tensor, kept) in targets.items():
             node = nodes.get(self.space.graph.op(name).ref)
             if node is not None and _Layer.fittable(node):
-                layers[name] = _Layer(node, tensor, kept)
+                layers[name] = _Layer.from_node(node, tensor, kept)
         if not layers:
             return self.result(model, [])
         feeds = calibration_feeds(self.calibration, self.original, max_samples=self.max_samples,
@@ -261,3 +289,142 @@ class ReconstructPassONNX(RewritePass):
             self.done.add(n)
         return self.result(model, [f"refitted {len(self.done)} layers to the original's outputs by least squares "
                                    f"on {total} samples"] if self.done else [])
+
+
+class _Captured(Exception):
+    """Raised by a pre-hook once the layer's input is in hand: the rest of the forward is not needed."""
+
+
+class ReconstructPassFX(RewritePass):
+    """The same refit for a ``torch.fx.GraphModule``: every ``Conv2d`` (zero padding) / ``Linear``
+    module from the first change on, against ``teacher`` (the original traced module, whose nodes
+    have the same names). Runs before batch-norm re-estimation, which then sees the refitted convs."""
+
+    name = "reconstruct"
+
+    def __init__(self, teacher, space, width_pass, kernel_pass, calibration, example_inputs=None, *,
+                 max_samples: int = MAX_SAMPLES, seed: int = 0):
+        self.teacher, self.space, self.example_inputs = teacher, space, example_inputs
+        self.width_pass, self.kernel_pass, self.calibration = width_pass, kernel_pass, calibration
+        self.max_samples, self.seed = max_samples, seed
+        self.done: set = set()
+
+    def _layers(self, gm) -> dict:
+        import torch
+
+        nodes = {n.name: n for n in gm.graph.nodes}
+        tnodes = {n.name: n for n in self.teacher.graph.nodes}
+        calls: dict = {}
+        for n in gm.graph.nodes:
+            if n.op == "call_module":
+                calls[n.target] = calls.get(n.target, 0) + 1
+        layers = {}
+        for name, (_, kept) in affected_layers(self.space, self.width_pass, self.kernel_pass,
+                                               include_outputs=True).items():
+            ref = self.space.graph.op(name).ref
+            node, tnode = nodes.get(ref), tnodes.get(ref)
+            if node is None or tnode is None or node.op != "call_module" or calls[node.target] > 1:
+                continue   # functional or shared layers: left to the batch-norm re-estimation
+            mod = gm.get_submodule(node.target)
+            conv_ok = isinstance(mod, torch.nn.Conv2d) and mod.padding_mode == "zeros" and \
+                not isinstance(mod.padding, str)
+            if conv_ok or isinstance(mod, torch.nn.Linear):
+                layers[name] = (_Layer.from_module(mod, kept), self.teacher.get_submodule(tnode.target))
+        return layers
+
+    def call(self, gm):
+        import torch
+
+        from edgepass.calibration import calibration_tensors
+
+        self.done = set()
+        if self.calibration is None:
+            return self.result(gm, [])
+        layers = self._layers(gm)
+        if not layers:
+            return self.result(gm, [])
+        batches = calibration_tensors(self.calibration, gm, self.example_inputs, max_samples=self.max_samples,
+                                      batch_size=CHUNK, what="reconstruction")
+        total = sum(len(b[0]) for b in batches)
+        rng = np.random.default_rng(self.seed)
+        modes = (gm.training, self.teacher.training)
+        gm.eval()
+        self.teacher.eval()
+        seen: dict = {}
+        hooks = [t.register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o)) for n, (_, t) in layers.items()]
+        ys: dict = {n: [] for n in layers}
+        try:
+            with torch.no_grad():
+                start = 0
+                for b in batches:
+                    self.teacher(*b)
+                    for n, (lay, _) in layers.items():
+                        o = seen[n].double().numpy() if n in seen else None
+                        if o is None or (not lay.conv and o.ndim != 2):
+                            ys.pop(n, None)
+                            continue
+                        if lay.rows is None:
+                            lay.positions(o, total, rng)
+                        if n in ys:
+                            ys[n].append(lay.targets(o, start))
+                    start += len(b[0])
+        finally:
+            for h in hooks:
+                h.remove()
+        try:
+            for n, (lay, _) in layers.items():
+                if n not in ys:
+                    continue
+                x = self._inputs(gm, lay, batches)
+                y = np.concatenate(ys.pop(n))
+                if x is None or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+                    continue
+                w, b = lay.solve(x, y)
+                if w.shape != lay.w0.shape or not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+                    continue
+                mod = lay.module
+                with torch.no_grad():
+                    mod.weight.copy_(torch.from_numpy(w).to(mod.weight.dtype))
+                    if mod.bias is None:
+                        mod.bias = torch.nn.Parameter(torch.from_numpy(b).to(mod.weight.dtype))
+                    else:
+                        mod.bias.copy_(torch.from_numpy(b).to(mod.bias.dtype))
+                self.done.add(n)
+        finally:
+            gm.train(modes[0])
+            self.teacher.train(modes[1])
+        return self.result(gm, [f"refitted {len(self.done)} layers to the original's outputs by least squares "
+                                f"on {total} samples"] if self.done else [])
+
+    @staticmethod
+    def _inputs(gm, lay: _Layer, batches):
+        """The layer's input rows in the current ``gm``, batch by batch (each forward stops there)."""
+        import torch
+
+        got: dict = {}
+
+        def grab(m, args):
+            got["x"] = args[0]
+            raise _Captured
+
+        h = lay.module.register_forward_pre_hook(grab)
+        xs, start = [], 0
+        try:
+            with torch.no_grad():
+                for b in batches:
+                    got.clear()
+                    try:
+                        gm(*b)
+                    except _Captured:
+                        pass
+                    if "x" not in got:
+                        return None
+                    x = got["x"].double().numpy()
+                    if not lay.conv and x.ndim != 2:
+                        return None
+                    rows = lay.patches(x, start)
+                    xs.append(rows.reshape(rows.shape[0], -1))
+                    start += x.shape[0]
+        finally:
+            h.remove()
+        return np.concatenate(xs)

@@ -11,8 +11,9 @@ How
     1. *Sensitivity*: starting from the identity design, one knob at a time is moved to each of its
        choices -- a channel group narrowed to each offered width, a conv's kernel to each smaller
        choice, a layer to int8 / fp16 -- the design is realised with the rewrite passes (width,
-       kernel, then, when ``recalibrate`` (default), the batch-norm recalibration the compile runs on
-       the same calibration data, then precision with the FX *fake-quant* mode for PyTorch models:
+       kernel, then, when ``recalibrate`` (default), the recovery the compile runs on the same
+       calibration data -- least-squares reconstruction where compile runs it (``reconstruct``),
+       then statistics matching (ONNX) or batch-norm re-estimation (PyTorch) -- then precision with the FX *fake-quant* mode for PyTorch models:
        int8 numerics without convert), so every number is the accuracy *after recovery*. Two things
        are measured per one-knob design: ``delta[knob][choice] = metric - metric(identity)`` and the
        *damage*, the mean KL divergence of its softmax from the original's. With recalibration most
@@ -40,6 +41,10 @@ at the same choice. Both reductions are reported in ``info``.
 Without calibration data the predictor is *data-free*: fidelity (top-1 agreement with the
 original model) on ``synthetic_samples`` seeded N(0, 1) inputs of the model's input shape.
 ``info["data_free"]`` is True and every prediction is of that proxy, not of accuracy.
+
+Reconstruction fits the layers on the first ``recalibrate.MAX_SAMPLES`` calibration samples; when
+at least as many others remain, the metric is scored on those others only
+(``info["fit_samples_skipped"]``), else a narrow design would look better than it is.
 
 ONNX models work too (``edgepass.apply`` with the QDQ int8 pass, slower); PyTorch models use the
 FX passes directly (traced once).
@@ -129,17 +134,18 @@ class AccuracyPredictor:
         self.correction: dict = {"kind": "none"}
         self.info: dict = {"metric": self.metric, "data_free": self.data_free, "samples": int(len(self.x)),
                            "backend": "fx fake-quant" if self.torch else "onnx (edgepass.apply)",
-                           "recalibrated": self.recalibrate, "reconstructed": self._reconstructs()}
+                           "recalibrated": self.recalibrate, "reconstructed": self._reconstructs(),
+                           "fit_samples_skipped": self._held_out()}
         if self.data_free:
             self.info["note"] = (f"data-free: fidelity to the original model on {synthetic_samples} seeded N(0,1) "
                                  f"inputs, not accuracy")
 
     def _reconstructs(self) -> bool:
-        """Whether the recovery measured here includes least-squares reconstruction (ONNX only)."""
+        """Whether the recovery measured here includes least-squares reconstruction."""
         from edgepass.passes.reconstruct import default_on
 
-        return (not self.torch and self.recalibrate and
-                (self.reconstruct if self.reconstruct is not None else default_on(self.space)))
+        return bool(self.recalibrate and
+                    (self.reconstruct if self.reconstruct is not None else default_on(self.space)))
 
     # -- plumbing ----------------------------------------------------------------------------
     def _space(self):
@@ -187,7 +193,13 @@ class AccuracyPredictor:
         passes = []
         shape = design.widths != ident.widths or design.kernels != ident.kernels
         if shape:
-            passes += [WidthPassFX(self.space, design), KernelPassFX(self.space, design)]
+            width, kernel = WidthPassFX(self.space, design), KernelPassFX(self.space, design)
+            passes += [width, kernel]
+            if self._reconstructs():
+                from edgepass.passes.reconstruct import ReconstructPassFX
+
+                passes.append(ReconstructPassFX(self.space.graph.graph["gm"], self.space, width, kernel, self.x,
+                                                self.example_inputs))
             if self.recalibrate:
                 from edgepass.passes.recalibrate import RecalibratePassFX
 
@@ -210,7 +222,15 @@ class AccuracyPredictor:
         moves it), so one-knob damages add up to a usable ranking of designs with many knobs moved."""
         logits = self._logits(self.realise(design))
         target = self.labels if self.labels is not None else self.reference
-        return float((logits.argmax(1) == target).mean()), _kl(self.reference_logits, logits)
+        h = self._held_out()
+        return float((logits[h:].argmax(1) == target[h:]).mean()), _kl(self.reference_logits[h:], logits[h:])
+
+    def _held_out(self) -> int:
+        """Leading samples the metric skips: the ones reconstruction fits the layers on, when enough
+        others remain (scored on its own fitting samples, a narrow design looks better than it is)."""
+        from edgepass.passes.recalibrate import MAX_SAMPLES
+
+        return MAX_SAMPLES if self._reconstructs() and len(self.reference_logits) >= 2 * MAX_SAMPLES else 0
 
     # -- sweep -------------------------------------------------------------------------------
     def _plan(self) -> tuple[list, dict]:

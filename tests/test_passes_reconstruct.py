@@ -41,7 +41,7 @@ def no_ridge(monkeypatch):
 def _refit_from_zero(proto, x):
     """Fit the model's single layer, started at zero weights, to its own outputs on ``x``."""
     y = _session(proto, ["y"]).run(["y"], {"x": x})[0].astype(np.float64)
-    lay = _Layer(next(iter(ir.from_proto(proto).graph)), "y", None)
+    lay = _Layer.from_node(next(iter(ir.from_proto(proto).graph)), "y", None)
     lay.w0, lay.b0 = np.zeros_like(lay.w0), np.zeros_like(lay.b0)   # start far from the answer
     lay.positions(y, len(x), np.random.default_rng(1))
     rows = lay.patches(x.astype(np.float64), 0)
@@ -105,3 +105,36 @@ def test_default_is_on_for_small_models_only(digits_onnx):
 
     net = torchvision.models.resnet18(weights=None).eval()
     assert not reconstruct.default_on(edgepass.design_space(net, (torch.zeros(1, 3, 224, 224),)))
+
+
+def test_rewrite_given_the_ir_equals_rewrite_that_analyses(digits_onnx, data):
+    """compile hands its IR to the rewrite (and the precision pass reuses it): same bytes as a
+    rewrite that analyses the model itself."""
+    from edgepass.rewrite import apply_design
+
+    graph = edgepass.analyze(digits_onnx)
+    design = edgepass.design_space(digits_onnx).uniform(0.5, precision="int8")
+    a = apply_design(digits_onnx, design, calibration_data=data["calibration"], graph=graph).model
+    b = apply_design(digits_onnx, design, calibration_data=data["calibration"]).model
+    assert a.SerializeToString() == b.SerializeToString()
+
+
+def test_fx_reconstruction_keeps_accuracy_and_leaves_the_module_alone(data):
+    import torch
+
+    from edgepass.demo import DigitsNet
+
+    net = DigitsNet()
+    net.load_state_dict(torch.load(str(demo_path("digits_cnn.pt"))))
+    net.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = (torch.from_numpy(data["x_test"][:1]),)
+    design = edgepass.design_space(net, x).uniform(0.5)
+    cal = data["calibration"]
+    bn_only = edgepass.apply(net, design, example_inputs=x, calibration_data=cal, reconstruct=False)
+    refit = edgepass.apply(net, design, example_inputs=x, calibration_data=cal, reconstruct=True)
+    again = edgepass.apply(net, design, example_inputs=x, calibration_data=cal, reconstruct=True)
+    assert accuracy(refit, data) > accuracy(bn_only, data) + 0.1
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in refit.state_dict().items())
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items()) and not net.training
+    assert edgepass.verify(net, refit, design, example_inputs=x).ok
