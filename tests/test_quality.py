@@ -118,7 +118,7 @@ def test_recalibration_aware_predictor_ranks_heldout_designs(one_thread):
     truth = [judge.evaluate(d) for d in designs]
     pred = ap.predict_codes(np.stack([space.encode(d) for d in designs]))
     macs = [space.design_graph(d).macs for d in designs]
-    assert max(truth) - min(truth) > 0.3                  # the designs really differ
+    assert max(truth) - min(truth) > 0.1                  # the designs really differ (after reconstruction)
     rho, rho_macs = spearman(pred, truth), spearman(macs, truth)
     assert rho >= 0.8, (rho, ap.info)
     assert rho >= rho_macs, (rho, rho_macs)
