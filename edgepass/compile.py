@@ -182,9 +182,9 @@ class CompileOptions:
     repaired uniform designs) on the calibration data, with the same recovery, and keep the best
     measured; ``None`` = 4 with calibration data for models up to 2 GMACs, else 0 (off; it needs
     calibration data).
-    ``reconstruct``: with calibration data, refit the rewritten ONNX layers to the original's
-    outputs by least squares before recalibrating (``None``: only for small models, where it costs
-    well under a second per layer; see :mod:`edgepass.passes.reconstruct`).
+    ``reconstruct``: with calibration data, refit the rewritten layers (ONNX and PyTorch) to the
+    original's outputs by least squares before recalibrating (``None``: only for small models, where
+    a rewrite stays well under a second; see :mod:`edgepass.passes.reconstruct`).
     """
 
     latency_ms: float | None = None
