@@ -15,8 +15,9 @@ How
        calibration data -- least-squares reconstruction where compile runs it (``reconstruct``),
        then statistics matching (ONNX) or batch-norm re-estimation (PyTorch) -- then precision
        with the FX *fake-quant* mode for PyTorch models: int8 numerics without convert), so every
-       number is the accuracy *after recovery*. Two things are measured per one-knob design: ``delta[knob][choice] = metric - metric(identity)`` and the
-       *damage*, the mean KL divergence of its softmax from the original's. With recalibration most
+       number is the accuracy *after recovery*. Two things are measured per one-knob design:
+       ``delta[knob][choice] = metric - metric(identity)`` and the *damage*, the mean KL
+       divergence of its softmax from the original's. With recalibration most
        single knobs cost ~0 accuracy (accuracy saturates), but their damages still add up.
     2. *Additive estimates*: ``metric(identity) + sum_knobs delta`` (split into the width, kernel and
        precision parts ``Dw, Dk, Dp``) and the summed damage ``S``.
