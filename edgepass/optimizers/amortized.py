@@ -98,11 +98,24 @@ class AmortizedOptimizer:
         return {"pairs": len(pairs), "epochs": epochs, "seconds": time.perf_counter() - t0, "loss": loss_value}
 
     # -- inference --------------------------------------------------------------------------
-    def probabilities(self, device_vectors, budget_features) -> list[np.ndarray]:
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        """The network's forward pass in numpy (float32, like torch): for the few rows one device
+        asks for, torch's per-call overhead and thread pool cost more than the arithmetic."""
         torch = _torch()
+        h = ((x - self.x_mean) / self.x_std).astype(np.float32)
+        for layer in self.net:
+            if isinstance(layer, torch.nn.Linear):
+                h = h @ layer.weight.detach().numpy().T + layer.bias.detach().numpy()
+            elif isinstance(layer, torch.nn.ReLU):
+                h = np.maximum(h, 0)
+            else:   # a layer this loop does not know: torch runs the whole net
+                with torch.no_grad():
+                    return self.net(torch.tensor((x - self.x_mean) / self.x_std, dtype=torch.float32)).numpy()
+        return h
+
+    def probabilities(self, device_vectors, budget_features) -> list[np.ndarray]:
         x = np.concatenate([np.atleast_2d(device_vectors), np.atleast_2d(budget_features)], axis=1)
-        with torch.no_grad():
-            logits = self.net(torch.tensor((x - self.x_mean) / self.x_std, dtype=torch.float32)).numpy()
+        logits = self._logits(x)
         splits = np.cumsum([0] + self.n_choices)
         out = []
         for k in range(len(self.n_choices)):
