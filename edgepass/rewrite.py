@@ -31,11 +31,11 @@ def _onnx_pipeline(space, design, *, calibration_data, importance, original=None
     width, kernel = WidthPassONNX(space, design, importance=importance), KernelPassONNX(space, design)
     passes = [width, kernel]
     if recalibrate and calibration_data is not None and original is not None:
-        from .passes.reconstruct import ReconstructPassONNX, default_on
+        from .passes.reconstruct import ReconstructPassONNX, enabled
         from .passes.recalibrate import RecalibratePassONNX
 
         refit = None
-        if reconstruct if reconstruct is not None else default_on(space):
+        if enabled(space, reconstruct):
             refit = ReconstructPassONNX(original, space, width, kernel, calibration_data)
             passes.append(refit)
         passes.append(RecalibratePassONNX(original, space, width, kernel, calibration_data, after=refit))
@@ -57,11 +57,11 @@ def _fx_pipeline(space, design, *, calibration_data, importance, example_inputs=
     passes = [width, kernel]
     changes_shape = design.widths != space.identity().widths or design.kernels != space.identity().kernels
     if recalibrate and calibration_data is not None and changes_shape:
-        from .passes.reconstruct import ReconstructPassFX, default_on
+        from .passes.reconstruct import ReconstructPassFX, enabled
         from .passes.recalibrate import RecalibratePassFX
 
         traced = space.graph.graph.get("gm")    # the original, traced: same node names as the rewrite
-        if traced is not None and (reconstruct if reconstruct is not None else default_on(space)):
+        if traced is not None and enabled(space, reconstruct):
             passes.append(ReconstructPassFX(traced, space, width, kernel, calibration_data, example_inputs))
 
         passes.append(RecalibratePassFX(calibration_data, example_inputs))

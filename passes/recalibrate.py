@@ -61,19 +61,48 @@ class RecalibratePassFX(RewritePass):
         return self.result(gm, [f"re-estimated {len(bns)} batch norms on {sum(len(b[0]) for b in batches)} samples"])
 
 
-def _layer_outputs(proto: onnx.ModelProto, names: list[str], feeds: list[dict]) -> dict:
-    """Per-channel mean and std of the named tensors over the calibration feeds."""
+def _ort_session(m: onnx.ModelProto):
+    """An onnxruntime CPU session of ``m`` as every calibration pass here runs it (quiet, basic
+    graph optimisations only, so the exposed intermediate tensors are the model's own)."""
     import onnxruntime as ort
 
-    m = onnx.ModelProto.FromString(proto.SerializeToString())
-    have = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in have:
-            m.graph.output.append(onnx.ValueInfoProto(name=n))
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def output_session(proto: onnx.ModelProto, outputs: list[str]):
+    """A session computing ``outputs`` only: the graph is cut to the nodes they depend on (a
+    layer early in the network costs a fraction of a full pass)."""
+    m = onnx.ModelProto.FromString(proto.SerializeToString())
+    g = m.graph
+    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+        need, stack = set(), [producer[t] for t in outputs if t in producer]
+        while stack:
+            i = stack.pop()
+            if i not in need:
+                need.add(i)
+                stack.extend(producer[t] for t in g.node[i].input if t in producer)
+        keep = [n for i, n in enumerate(g.node) if i in need]
+        del g.node[:]
+        g.node.extend(keep)
+        del g.output[:]
+        used = {t for n in keep for t in n.input}
+        kept_inits = [t for t in g.initializer if t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(kept_inits)
+    have = {o.name for o in g.output}
+    for n in outputs:
+        if n not in have:
+            g.output.append(onnx.ValueInfoProto(name=n))
+    return _ort_session(m)
+
+
+def _layer_outputs(proto: onnx.ModelProto, names: list[str], feeds: list[dict]) -> dict:
+    """Per-channel mean and std of the named tensors over the calibration feeds."""
+    sess = output_session(proto, names)
     acc: dict = {n: [] for n in names}
     for f in feeds:
         for n, v in zip(names, sess.run(names, f)):
@@ -197,7 +226,6 @@ def _normalized_stats(proto: onnx.ModelProto, targets: dict, feeds: list[dict]) 
     CNN); with several, batch statistics are averaged, as PyTorch's recalibration does.
 
     ``targets``: tensor name -> (target mean, target std per channel, rank of the tensor)."""
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
     m = onnx.ModelProto.FromString(proto.SerializeToString())
@@ -239,10 +267,7 @@ def _normalized_stats(proto: onnx.ModelProto, targets: dict, feeds: list[dict]) 
     g.node.extend(nodes)
     for o in outs:
         g.output.append(onnx.ValueInfoProto(name=o))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = _ort_session(m)
     acc = {t: [] for t in targets}
     for f in feeds:
         res = sess.run(outs, f)

@@ -32,7 +32,7 @@ from edgepass.calibration import calibration_feeds
 
 from . import onnx_edit
 from .base import RewritePass
-from .recalibrate import MAX_SAMPLES, affected_layers
+from .recalibrate import MAX_SAMPLES, affected_layers, output_session
 
 #: rows (sampled output positions x samples) per layer fit
 MAX_ROWS = 6144
@@ -44,39 +44,6 @@ RIDGE = 1e-3
 #: ResNet-18 at 224 px (12-24 s): ask for it there with ``reconstruct=True``
 MAX_WORK = 1.0e9
 CHUNK = 16
-
-
-def _session(proto: onnx.ModelProto, outputs: list[str]):
-    """A session computing ``outputs`` only: the graph is cut to the nodes they depend on (a
-    layer early in the network costs a fraction of a full pass)."""
-    import onnxruntime as ort
-
-    m = onnx.ModelProto.FromString(proto.SerializeToString())
-    g = m.graph
-    if not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
-        producer = {o: i for i, n in enumerate(g.node) for o in n.output}
-        need, stack = set(), [producer[t] for t in outputs if t in producer]
-        while stack:
-            i = stack.pop()
-            if i not in need:
-                need.add(i)
-                stack.extend(producer[t] for t in g.node[i].input if t in producer)
-        keep = [n for i, n in enumerate(g.node) if i in need]
-        del g.node[:]
-        g.node.extend(keep)
-        del g.output[:]
-        used = {t for n in keep for t in n.input}
-        kept_inits = [t for t in g.initializer if t.name in used]
-        del g.initializer[:]
-        g.initializer.extend(kept_inits)
-    have = {o.name for o in g.output}
-    for n in outputs:
-        if n not in have:
-            g.output.append(onnx.ValueInfoProto(name=n))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 class _Layer:
@@ -226,6 +193,11 @@ def default_on(space) -> bool:
     return len(space.graph.layers()) * space.graph.macs <= MAX_WORK
 
 
+def enabled(space, reconstruct: bool | None) -> bool:
+    """The ``reconstruct`` option resolved: as given, or :func:`default_on` when ``None``."""
+    return bool(reconstruct) if reconstruct is not None else default_on(space)
+
+
 class ReconstructPassONNX(RewritePass):
     name = "reconstruct"
 
@@ -254,7 +226,7 @@ class ReconstructPassONNX(RewritePass):
         rng = np.random.default_rng(self.seed)
         # the original's outputs at the sampled positions, every layer in one pass
         outs = sorted({lay.out_tensor for lay in layers.values()})
-        sess = _session(self.original, outs)
+        sess = output_session(self.original, outs)
         ys = {n: [] for n in layers}
         start = 0
         for f in feeds:
@@ -269,7 +241,7 @@ class ReconstructPassONNX(RewritePass):
         writer = onnx_edit._Writer(model)
         for n, lay in layers.items():
             y = np.concatenate(ys.pop(n))
-            sess = _session(ir.to_proto(model), [lay.in_tensor])
+            sess = output_session(ir.to_proto(model), [lay.in_tensor])
             xs, start = [], 0
             for f in feeds:
                 x = np.asarray(sess.run([lay.in_tensor], f)[0], np.float64)

@@ -143,10 +143,9 @@ class AccuracyPredictor:
 
     def _reconstructs(self) -> bool:
         """Whether the recovery measured here includes least-squares reconstruction."""
-        from edgepass.passes.reconstruct import default_on
+        from edgepass.passes.reconstruct import enabled
 
-        return bool(self.recalibrate and
-                    (self.reconstruct if self.reconstruct is not None else default_on(self.space)))
+        return bool(self.recalibrate and enabled(self.space, self.reconstruct))
 
     # -- plumbing ----------------------------------------------------------------------------
     def _space(self):
