@@ -550,7 +550,7 @@ def _local_latency(prep: Prepared, dev, opts: CompileOptions):
         key = design.to_json(indent=None)
         if key not in seen:
             model = apply_design(prep.source, design, calibration_data=opts.calibration_data,
-                                 input_shapes=opts.input_shapes, recalibrate=False).model
+                                 input_shapes=opts.input_shapes, recalibrate=False, graph=prep.graph).model
             seen[key] = float(measure(model, threads=int(dev.threads or 1), runs=20).median_ms)
         return seen[key]
     return latency_of
