@@ -26,7 +26,9 @@ CPU (onnxruntime, 1 thread, median) it reports, with measured latencies:
     batch-norm statistics only (the usual recipe), at the same design and latency.
 Part 2 (predictor). Spearman of the accuracy predictor (fitted on validation data; recalibration-
 aware vs not) against the measured accuracy after recalibration of held-out sampled designs on the
-test images, next to the MACs-only baseline (fewer MACs -> lower accuracy).
+test images, next to the MACs-only baseline (fewer MACs -> lower accuracy), and the noise ceiling:
+with 540 test images designs a few images apart are tied, so even a perfect predictor's Spearman
+against the measured accuracies is below 1 (estimated from split-half agreement, ``noise_ceiling``).
 Part 3 (torchvision, fidelity). Real architectures with random weights (batch-norm statistics
 calibrated on natural images): top-1 agreement and output cosine with the original on crops and
 flips of scikit-learn's sample photos, same latency fractions, same comparison (compiled as ONNX
@@ -253,10 +255,12 @@ def predictor_study(name, proto, D, n_designs: int) -> dict:
                                               recalibrate=False).fit())
     rng = np.random.default_rng(1234)        # held-out designs: not the predictor's fit samples (seed 1)
     designs = [space.sample(rng) for _ in range(n_designs)]
-    truth = []
+    correct = []      # per design, per test image: right or not
     for d in designs:
         m = quiet(edgepass.apply, proto, d, calibration_data=D["xval"])   # what compile hands back
-        truth.append(accuracy(m, D["xte"], D["yte"]))
+        correct.append(logits_of(m, D["xte"]).argmax(1) == D["yte"])
+    correct = np.array(correct, dtype=np.float64)
+    truth = correct.mean(1).tolist()
     codes = np.stack([space.encode(d) for d in designs])
     macs = np.array([space.design_graph(d).macs for d in designs], dtype=np.float64)
     out = {"net": name, "designs": n_designs, "truth_range": [min(truth), max(truth)], "fit_s": fit_s,
@@ -265,8 +269,31 @@ def predictor_study(name, proto, D, n_designs: int) -> dict:
            "spearman_predictor_no_recal": spearman(unaware.predict_codes(codes), truth),
            "spearman_macs_only": spearman(macs, truth),
            "mae_recal_aware": float(np.mean(np.abs(aware.predict_codes(codes) - truth))),
-           "mae_no_recal": float(np.mean(np.abs(unaware.predict_codes(codes) - truth)))}
+           "mae_no_recal": float(np.mean(np.abs(unaware.predict_codes(codes) - truth))),
+           **noise_ceiling(correct)}
+    out["spearman_over_ceiling"] = out["spearman_predictor_recal_aware"] / out["truth_noise_ceiling"]
     return out
+
+
+def noise_ceiling(correct: np.ndarray, splits: int = 50, seed: int = 0) -> dict:
+    """How well *any* predictor can rank designs by their accuracy on this test set, whose finite
+    size makes the measured ranking itself noisy (designs within a few images of each other).
+    ``correct``: designs x test images (1 = right). The test images are split in random halves; the
+    Spearman between the two halves' rankings (median over ``splits``), stepped up to the full set
+    (Spearman-Brown), is the ranking's reliability r; a perfect predictor's expected Spearman against
+    the measured ranking is about sqrt(r)."""
+    from edgepass.predictors.stats import spearman
+
+    rng = np.random.default_rng(seed)
+    n = correct.shape[1]
+    halves = []
+    for _ in range(splits):
+        perm = rng.permutation(n)
+        a, b = correct[:, perm[: n // 2]].mean(1), correct[:, perm[n // 2:]].mean(1)
+        halves.append(spearman(a, b))
+    r_half = float(np.median(halves))
+    r_full = 2 * r_half / (1 + r_half) if r_half > 0 else 0.0
+    return {"truth_split_half_spearman": r_half, "truth_noise_ceiling": float(np.sqrt(max(r_full, 0.0)))}
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +388,7 @@ def main() -> int:
     ap.add_argument("--nets", default="plain,residual")
     ap.add_argument("--fractions", default="0.75,0.5,0.3")
     ap.add_argument("--finetune-steps", type=int, default=150)
-    ap.add_argument("--predictor-designs", type=int, default=30)
+    ap.add_argument("--predictor-designs", type=int, default=60)
     ap.add_argument("--torchvision", default="mobilenet_v2", help="comma list, or none")
     ap.add_argument("--tv-size", type=int, default=96, help="input size of the torchvision models")
     ap.add_argument("--tv-fractions", default="0.5", help="latency fractions for the torchvision models")
@@ -422,7 +449,9 @@ def main() -> int:
         print("\n== accuracy predictor: Spearman vs measured (recalibrated) accuracy of held-out designs ==")
         print_table(payload["predictor"], ["net", "designs", "correction", "spearman_predictor_recal_aware",
                                            "spearman_predictor_no_recal", "spearman_macs_only", "mae_recal_aware",
-                                           "mae_no_recal"])
+                                           "mae_no_recal", "truth_noise_ceiling", "spearman_over_ceiling"])
+        print("(truth_noise_ceiling: the Spearman a perfect predictor would reach against accuracies measured on "
+              "these test images, from split-half agreement of the measured ranking)")
     tv_rows = []
     archs = [] if args.torchvision in ("", "none") else args.torchvision.split(",")
     for arch in archs:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 # the inputs, re-attached from the current compile on load rather than stored
-_INPUTS = ("model", "space", "x", "labels", "example_inputs", "knobs", "reference")
+_INPUTS = ("model", "space", "x", "labels", "example_inputs", "knobs", "reference", "_flat")   # + derived tables
 _VERSION = 3   # 2: one-pass ONNX recalibration; 3: least-squares reconstruction (measured metrics changed)
 
 

@@ -523,6 +523,10 @@ def _calibrate_latency(prep: Prepared, space, dev, latency_of):
 
 #: with calibrate_latency, candidates predicted up to this factor over the latency budget are measured
 LOOSE = 1.25
+#: every latency measured here (candidates, before/after) times at least 20 runs and this long: a
+#: small model's 20 runs span under a millisecond, and the medians of such short spans swing by tens
+#: of percent on a busy machine (edgepass.devices.measure.measure)
+MIN_SECONDS = 0.1
 
 
 def _uniform_candidates(space, dev, acc, max_ms: float) -> list:
@@ -551,7 +555,8 @@ def _local_latency(prep: Prepared, dev, opts: CompileOptions):
         if key not in seen:
             model = apply_design(prep.source, design, calibration_data=opts.calibration_data,
                                  input_shapes=opts.input_shapes, recalibrate=False, graph=prep.graph).model
-            seen[key] = float(measure(model, threads=int(dev.threads or 1), runs=20).median_ms)
+            seen[key] = float(measure(model, threads=int(dev.threads or 1), runs=20,
+                                      min_seconds=MIN_SECONDS).median_ms)
         return seen[key]
     return latency_of
 
@@ -610,8 +615,8 @@ def _measure_here(original, compiled, dev, predicted_ms) -> dict:
     from .devices.measure import measure
 
     threads = int(dev.threads or 1)
-    before = measure(original, threads=threads, runs=20).median_ms
-    after = measure(compiled, threads=threads, runs=20).median_ms
+    before = measure(original, threads=threads, runs=20, min_seconds=MIN_SECONDS).median_ms
+    after = measure(compiled, threads=threads, runs=20, min_seconds=MIN_SECONDS).median_ms
     err = predicted_ms / after - 1.0
     return {"before_ms": before, "after_ms": after, "error": err, "miss": abs(err) > 0.10, "threads": threads}
 

@@ -275,6 +275,7 @@ class AccuracyPredictor:
             measured[(i, j)], damaged[(i, j)] = metric - self.base, damage
         self.delta = self._rows(measured, meta["skipped"])
         self.damage = self._rows(damaged, meta["skipped"])
+        self._flat = None             # predict_moves' flat copy of the two, rebuilt on first use
         meta.pop("skipped")
         self.info.update(meta, base=self.base, sweep_evaluations=len(plan) + 1,
                          sweep_s=round(time.perf_counter() - t0, 2))
@@ -386,6 +387,24 @@ class AccuracyPredictor:
         if self.delta is None:
             self.fit()
         return self._apply_corr(self.correction, self._parts(codes))
+
+    def predict_moves(self, code, knob, new) -> np.ndarray:
+        """Predicted metric of ``code`` with ``code[knob[m]] = new[m]`` for every move m (what a
+        repair scores each step): the additive parts of ``code`` plus each move's change."""
+        if self.delta is None:
+            self.fit()
+        if getattr(self, "_flat", None) is None:
+            sizes = [len(d) for d in self.delta]
+            self._flat = (np.concatenate(self.delta), np.concatenate(self.damage),
+                          np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64),
+                          np.array([KNOB_TYPES.index(k) for k, _, _ in self.knobs], dtype=np.int64))
+        delta, damage, offsets, kind = self._flat
+        code, knob, new = (np.asarray(a, dtype=np.int64) for a in (code, knob, new))
+        P = np.repeat(self._parts(code[None]), len(knob), axis=0)
+        old_at, new_at = offsets[knob] + code[knob], offsets[knob] + new
+        P[np.arange(len(knob)), kind[knob]] += delta[new_at] - delta[old_at]
+        P[:, 3] += damage[new_at] - damage[old_at]
+        return self._apply_corr(self.correction, P)
 
     def predict(self, design) -> float:
         return float(self.predict_codes(self.space.encode(design)[None])[0])

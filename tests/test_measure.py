@@ -67,7 +67,15 @@ def test_per_node_names(tiny_path):
     assert sum(t.op_type == "Conv" for t in m.per_node) == 2
 
 
-@pytest.mark.parametrize("kwargs", [{"threads": 0}, {"runs": 0}, {"warmup": -1}, {"optimization": "max"}])
+def test_min_seconds_keeps_timing(tiny_path):
+    m = measure(tiny_path, runs=3, warmup=1, min_seconds=0.05)
+    assert m.runs == len(m.times_ms) and (m.runs > 3 or sum(m.times_ms) >= 50.0)
+    assert sum(m.times_ms) >= 50.0 or m.runs == 10_000
+    assert measure(tiny_path, runs=3, warmup=0).runs == 3          # default: exactly `runs`
+
+
+@pytest.mark.parametrize("kwargs", [{"threads": 0}, {"runs": 0}, {"warmup": -1}, {"optimization": "max"},
+                                    {"min_seconds": -1.0}, {"min_seconds": "1"}])
 def test_bad_arguments(tiny_path, kwargs):
     with pytest.raises(InputError):
         measure(tiny_path, **kwargs)

@@ -216,6 +216,41 @@ def test_weight_energy_score_is_monotone(resnet18_space):
     assert 1.0 > fn(sp.encode(sp.uniform(1.0, precision="int8"))[None])[0] > scores[1]   # int8 costs a little
 
 
+def test_incremental_neighbour_scores_match_full_evaluation(resnet18_space):
+    """The repair scores a design's neighbours incrementally (latency tables and accuracy terms a
+    move touches): same values as scoring each neighbour in full, and the same repaired designs."""
+    from edgepass.optimizers import model_space as ms
+    from edgepass.optimizers.problem import Problem
+    from edgepass.optimizers.search import moves, neighbours, repair
+    from edgepass.optimizers.sensitivity import weight_energy_fn
+
+    sp = resnet18_space
+    costs = ms.device_costs(sp, ["eagle/gtx1080ti"])["eagle/gtx1080ti"]
+    fn = weight_energy_fn(sp)
+    n_choices = [len(c) for _, _, c in sp.knobs()]
+    for i in range(5):
+        code = sp.encode(sp.sample(100 + i))
+        knob, new = moves(code, n_choices)
+        nbs = neighbours(code, n_choices)
+        assert np.allclose(costs.predict_moves(code, knob, new), costs.predict(nbs), rtol=1e-12, atol=0)
+        assert np.allclose(fn.moves(code, knob, new), fn(nbs), rtol=1e-12, atol=0)
+
+    class Full(Problem):            # the same problem without the incremental path
+        def __init__(self, inner):
+            self.inner, self.n_choices = inner, inner.n_choices
+
+        def evaluate(self, codes):
+            return self.inner.evaluate(codes)
+
+    fast = ms.CostsProblem(n_choices, fn, costs)
+    lo, hi = ms.feasible_range(costs, ms.reference_codes(sp))
+    for f in (0.1, 0.5, 0.9):
+        b = Budget(latency_ms=float(lo * (hi / lo) ** f))
+        a, r = repair(fast, b, sp.encode(sp.identity()), polish=10), repair(Full(fast), b, sp.encode(sp.identity()),
+                                                                         polish=10)
+        assert a.feasible and a.latency_ms <= b.latency_ms and np.array_equal(a.code, r.code)
+
+
 def test_amortized_model_space_trains_caches_and_loads(resnet18_space, trained_cache, monkeypatch):
     from edgepass.optimizers import model_space as ms
 

@@ -165,6 +165,13 @@ def test_accuracy_predictor_digits(digits):
     assert np.allclose(ap.predict_codes(codes), pred)
     ap2 = AccuracyPredictor(m, x[:200], y[:200], **kw).fit()
     assert np.allclose(ap2.predict_codes(codes), pred), "must be deterministic"
+    from edgepass.optimizers.search import moves, neighbours   # the repair's incremental scores agree
+
+    n_choices = [len(c) for _, _, c in ap.space.knobs()]
+    for code in codes[:3]:
+        knob, new = moves(code, n_choices)
+        assert np.allclose(ap.predict_moves(code, knob, new), ap.predict_codes(neighbours(code, n_choices)),
+                           rtol=0, atol=1e-12)
 
 
 def test_accuracy_predictor_data_free(digits):

@@ -36,6 +36,8 @@ def add_parser(subparsers: Any) -> None:
     m.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
     m.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
     m.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs (default 5)")
+    m.add_argument("--min-seconds", type=float, default=0.0,
+                   help="keep timing until the timed runs add up to this long (small models: 0.1-0.5)")
     m.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     m.add_argument("--per-node", action="store_true", help="also profile per-node times")
     m.add_argument("--optimization", choices=OPTIMIZATION_LEVELS, default="all",
@@ -106,7 +108,8 @@ def _cmd_measure(args: argparse.Namespace) -> int:
     from .measure import measure  # onnxruntime only when measuring
 
     res = measure(args.model, threads=args.threads, runs=args.runs, warmup=args.warmup,
-                  profile=args.per_node, seed=args.seed, optimization=args.optimization)
+                  profile=args.per_node, seed=args.seed, optimization=args.optimization,
+                  min_seconds=args.min_seconds)
     if args.json:
         print(json.dumps(res.to_dict(), indent=1))
         return 0

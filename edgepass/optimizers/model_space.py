@@ -100,6 +100,38 @@ class TableCosts:
         idx = (codes[:, K] * ST).sum(2) + offsets
         return self.constant + flat[idx].sum(1)
 
+    def _move_plan(self, n: int):
+        """Per knob (of ``n``), the tables that hold it and its stride in each (padded with a table
+        index one past the last, whose entries read 0): what one-knob moves need to update a sum."""
+        if getattr(self, "_moves", None) is None or len(self._moves[0]) != n:
+            holds = [[] for _ in range(n)]
+            for j, (ks, st) in enumerate(zip(self.knob_sets, self.strides)):
+                for k, s in zip(ks, st):
+                    holds[k].append((j, s))
+            width = max((len(h) for h in holds), default=0) or 1
+            TJ = np.full((n, width), len(self.tables), dtype=np.int64)
+            TS = np.zeros((n, width), dtype=np.int64)
+            for k, h in enumerate(holds):
+                for i, (j, s) in enumerate(h):
+                    TJ[k, i], TS[k, i] = j, s
+            self._moves = (TJ, TS, np.append(self._gather_plan()[3], 0.0))
+        return self._moves
+
+    def predict_moves(self, code, knob, new) -> np.ndarray:
+        """Latency of ``code`` with ``code[knob[m]] = new[m]``, for every move m: the sum of ``code``
+        plus the change in the tables each move touches (the repair's hot loop: a few tables per
+        move instead of every table per neighbour)."""
+        code = np.asarray(code, dtype=np.int64)
+        if not self.tables:
+            return np.full(len(knob), self.constant, dtype=np.float64)
+        K, ST, offsets, flat = self._gather_plan()
+        TJ, TS, flat0 = self._move_plan(len(code))
+        cur = np.append((code[K] * ST).sum(1) + offsets, len(flat))   # + the padding table's entry
+        base = self.constant + flat[cur[:-1]].sum()
+        at = cur[TJ[knob]]
+        delta = flat0[at + (np.asarray(new) - code[knob])[:, None] * TS[knob]] - flat0[at]
+        return base + delta.sum(1)
+
     def healthy(self) -> bool:
         return np.isfinite(self.constant) and all(np.isfinite(t).all() and (t >= 0).all() for t in self.tables)
 
@@ -210,12 +242,23 @@ class CostsProblem:
         return {"accuracy": np.asarray(self.accuracy_fn(codes), dtype=np.float64),
                 "latency_ms": np.asarray(self.costs.predict(codes), dtype=np.float64), "energy_mj": None}
 
+    def evaluate_neighbours(self, code, nbs, knob, new) -> dict:
+        """:meth:`evaluate` of ``nbs`` (``code`` with one knob moved each), latency incrementally."""
+        if not hasattr(self.costs, "predict_moves"):
+            return self.evaluate(nbs)
+        # an accuracy function may score moves too: its own `moves`, or its predictor's `predict_moves`
+        acc_moves = getattr(self.accuracy_fn, "moves", None) or \
+            getattr(getattr(self.accuracy_fn, "__self__", None), "predict_moves", None)
+        acc = self.accuracy_fn(nbs) if acc_moves is None else acc_moves(code, knob, new)
+        return {"accuracy": np.asarray(acc, dtype=np.float64),
+                "latency_ms": self.costs.predict_moves(code, knob, new), "energy_mj": None}
+
 
 def coarse_descent(problem, budget: Budget, code, *, max_moves: int = 8, max_steps: int = 10_000) -> np.ndarray:
     """Towards the budget in big steps: like :func:`repair`, but while far from it each step applies
     the best moves (gain per objective lost) of several different knobs at once -- as many as the
     violation left needs, up to ``max_moves``; near the budget it is one move per step."""
-    from .search import _rank_key, neighbours
+    from .search import _rank_key, neighbour_ranks
 
     code = np.asarray(code, dtype=np.int64).copy()
     _, viol, ev = _rank_key(problem, budget, code[None], None)
@@ -224,10 +267,9 @@ def coarse_descent(problem, budget: Budget, code, *, max_moves: int = 8, max_ste
     for _ in range(max_steps):
         if v <= 0:
             break
-        nbs = neighbours(code, problem.n_choices)
+        nbs, _, nviol, nev = neighbour_ranks(problem, budget, code, None)
         if knob_of is None:
             knob_of = np.repeat(np.arange(len(code)), np.asarray(problem.n_choices) - 1)
-        _, nviol, nev = _rank_key(problem, budget, nbs, None)
         nobj = budget.objective(nev["latency_ms"], nev["energy_mj"], nev["accuracy"])
         gain = v - nviol
         ok = gain > 1e-12

@@ -25,8 +25,8 @@ class SearchResult:
     front: list | None = None                      # (latency_ms, accuracy) of the final candidates
 
 
-def _rank_key(problem: Problem, budget: Budget, codes, reference_accuracy):
-    ev = problem.evaluate(codes)
+def _rank_key(problem: Problem, budget: Budget, codes, reference_accuracy, ev=None):
+    ev = problem.evaluate(codes) if ev is None else ev
     viol = budget.violation(ev["latency_ms"], ev["energy_mj"], ev["accuracy"], reference_accuracy)
     obj = budget.objective(ev["latency_ms"], ev["energy_mj"], ev["accuracy"])
     # feasible designs first (by objective), then the least violating
@@ -115,13 +115,34 @@ def _moves(n_choices: tuple) -> tuple[np.ndarray, np.ndarray]:
     return knob, offset.astype(np.int64)
 
 
+def moves(code: np.ndarray, n_choices) -> tuple[np.ndarray, np.ndarray]:
+    """``(knob, new choice)`` of every one-knob move from ``code``, in :func:`neighbours`' order."""
+    code = np.asarray(code, dtype=np.int64)
+    knob, offset = _moves(n_choices if isinstance(n_choices, tuple) else tuple(map(int, n_choices)))
+    return knob, offset + (offset >= code[knob])
+
+
 def neighbours(code: np.ndarray, n_choices) -> np.ndarray:
     """Every design one knob away from ``code`` (knob by knob, choices ascending; vectorised)."""
     code = np.asarray(code, dtype=np.int64)
-    knob, offset = _moves(tuple(int(n) for n in n_choices))
+    knob, new = moves(code, n_choices)
     out = np.repeat(code[None], len(knob), axis=0)
-    out[np.arange(len(knob)), knob] = offset + (offset >= code[knob])
+    out[np.arange(len(knob)), knob] = new
     return out
+
+
+def neighbour_ranks(problem: Problem, budget: Budget, code, reference_accuracy):
+    """``(neighbours, key, violation, evaluation)`` of every design one knob away from ``code``.
+    Problems with ``evaluate_neighbours(code, nbs, knob, new)`` score them incrementally (only the
+    cost terms a move touches), the rest through ``evaluate``."""
+    code = np.asarray(code, dtype=np.int64)
+    knob, new = moves(code, problem.n_choices)
+    nbs = np.repeat(code[None], len(knob), axis=0)
+    nbs[np.arange(len(knob)), knob] = new
+    fast = getattr(problem, "evaluate_neighbours", None)
+    ev = None if fast is None else fast(code, nbs, knob, new)
+    key, viol, ev = _rank_key(problem, budget, nbs, reference_accuracy, ev)
+    return nbs, key, viol, ev
 
 
 def repair(problem: Problem, budget: Budget, code, *, reference_accuracy=None, polish: int = 0,
@@ -138,8 +159,7 @@ def repair(problem: Problem, budget: Budget, code, *, reference_accuracy=None, p
     v, obj = float(viol[0]), float(budget.objective(ev["latency_ms"], ev["energy_mj"], ev["accuracy"])[0])
     steps = 0
     while v > 0 and steps < max_steps:
-        nbs = neighbours(code, problem.n_choices)
-        _, nviol, nev = _rank_key(problem, budget, nbs, reference_accuracy)
+        nbs, _, nviol, nev = neighbour_ranks(problem, budget, code, reference_accuracy)
         nobj = budget.objective(nev["latency_ms"], nev["energy_mj"], nev["accuracy"])
         evals += len(nbs)
         gain = v - nviol
@@ -150,16 +170,28 @@ def repair(problem: Problem, budget: Budget, code, *, reference_accuracy=None, p
         score = np.where(ok, gain / cost, -np.inf)
         i = int(np.argmax(score))
         code, v, obj = nbs[i], float(nviol[i]), float(nobj[i])
+        if v <= 0:     # feasible by the neighbour scores: confirm by a full evaluation
+            v, obj = _exact(problem, budget, code, reference_accuracy)
         steps += 1
     for _ in range(polish if v <= 0 else 0):
-        nbs = neighbours(code, problem.n_choices)
-        nkey, nviol, _ = _rank_key(problem, budget, nbs, reference_accuracy)
+        nbs, nkey, nviol, _ = neighbour_ranks(problem, budget, code, reference_accuracy)
         evals += len(nbs)
         i = int(np.argmax(nkey))
         if nviol[i] > 0 or nkey[i] <= obj + 1e-12:
             break
-        code, obj = nbs[i], float(nkey[i])
+        v, new_obj = _exact(problem, budget, nbs[i], reference_accuracy)
+        if v > 0:            # feasible only by the incremental sum's rounding: stop here
+            v = 0.0
+            break
+        code, obj = nbs[i], new_obj
     return _result(problem, budget, code, reference_accuracy, t0, evals)
+
+
+def _exact(problem, budget, code, reference_accuracy) -> tuple[float, float]:
+    """(violation, objective) of one design by a full evaluation: incremental neighbour scores
+    choose the move, this decides feasibility, so a repaired design meets the budget exactly."""
+    _, viol, ev = _rank_key(problem, budget, code[None], reference_accuracy)
+    return float(viol[0]), float(budget.objective(ev["latency_ms"], ev["energy_mj"], ev["accuracy"])[0])
 
 
 def best_repaired(problem: Problem, budget: Budget, codes, *, reference_accuracy=None, polish: int = 0) -> SearchResult:

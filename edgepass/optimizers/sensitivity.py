@@ -108,5 +108,15 @@ def weight_energy_fn(space):
             return np.ones(len(codes))
         return np.exp(flat[codes + offsets].sum(1) / len(logs))      # one gather for the whole batch
 
+    def moves(code, knob, new) -> np.ndarray:
+        """score of ``code`` with ``code[knob[m]] = new[m]`` for every move m (the repair's neighbours)."""
+        code = np.asarray(code, dtype=np.int64)
+        if not logs:
+            return np.ones(len(knob))
+        at = code + offsets
+        total = flat[at].sum()
+        return np.exp((total + flat[offsets[knob] + new] - flat[at[knob]]) / len(logs))
+
+    score.moves = moves
     score.description = "data-free weight-energy score (share of weight energy kept; not accuracy)"
     return score
