@@ -275,25 +275,12 @@ def predictor_study(name, proto, D, n_designs: int) -> dict:
     return out
 
 
-def noise_ceiling(correct: np.ndarray, splits: int = 50, seed: int = 0) -> dict:
-    """How well *any* predictor can rank designs by their accuracy on this test set, whose finite
-    size makes the measured ranking itself noisy (designs within a few images of each other).
-    ``correct``: designs x test images (1 = right). The test images are split in random halves; the
-    Spearman between the two halves' rankings (median over ``splits``), stepped up to the full set
-    (Spearman-Brown), is the ranking's reliability r; a perfect predictor's expected Spearman against
-    the measured ranking is about sqrt(r)."""
-    from edgepass.predictors.stats import spearman
+def noise_ceiling(correct: np.ndarray) -> dict:
+    """The measured ranking's noise ceiling (:func:`edgepass.predictors.stats.ranking_noise_ceiling`)."""
+    from edgepass.predictors.stats import ranking_noise_ceiling
 
-    rng = np.random.default_rng(seed)
-    n = correct.shape[1]
-    halves = []
-    for _ in range(splits):
-        perm = rng.permutation(n)
-        a, b = correct[:, perm[: n // 2]].mean(1), correct[:, perm[n // 2:]].mean(1)
-        halves.append(spearman(a, b))
-    r_half = float(np.median(halves))
-    r_full = 2 * r_half / (1 + r_half) if r_half > 0 else 0.0
-    return {"truth_split_half_spearman": r_half, "truth_noise_ceiling": float(np.sqrt(max(r_full, 0.0)))}
+    c = ranking_noise_ceiling(correct)
+    return {"truth_split_half_spearman": c["split_half"], "truth_noise_ceiling": c["ceiling"]}
 
 
 # --------------------------------------------------------------------------------------------

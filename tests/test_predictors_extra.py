@@ -18,6 +18,19 @@ def test_rank_correlations():
     assert spearman([1, 1, 2], [3, 3, 4]) == pytest.approx(1.0)
 
 
+def test_ranking_noise_ceiling():
+    from edgepass.predictors.stats import ranking_noise_ceiling
+
+    rng = np.random.default_rng(0)
+    # 30 items with accuracies 0.5..0.95 measured on 2000 samples: well separated, ceiling near 1
+    apart = rng.random((30, 2000)) < np.linspace(0.5, 0.95, 30)[:, None]
+    # the same accuracy for all, measured on 200 samples: the measured ranking is pure noise
+    tied = rng.random((30, 200)) < 0.9
+    high, low = ranking_noise_ceiling(apart)["ceiling"], ranking_noise_ceiling(tied)["ceiling"]
+    assert high > 0.95 and low < 0.5
+    assert ranking_noise_ceiling(apart) == ranking_noise_ceiling(apart), "seeded"
+
+
 # ---------------------------------------------------------------------- proxy
 @pytest.mark.parametrize("kind", ["log-linear", "isotonic"])
 def test_monotone_map_synthetic(kind):
