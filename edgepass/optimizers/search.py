@@ -122,13 +122,18 @@ def moves(code: np.ndarray, n_choices) -> tuple[np.ndarray, np.ndarray]:
     return knob, offset + (offset >= code[knob])
 
 
-def neighbours(code: np.ndarray, n_choices) -> np.ndarray:
-    """Every design one knob away from ``code`` (knob by knob, choices ascending; vectorised)."""
+def _neighbours(code: np.ndarray, n_choices) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(:func:`neighbours`, and the knob and new choice of each)."""
     code = np.asarray(code, dtype=np.int64)
     knob, new = moves(code, n_choices)
     out = np.repeat(code[None], len(knob), axis=0)
     out[np.arange(len(knob)), knob] = new
-    return out
+    return out, knob, new
+
+
+def neighbours(code: np.ndarray, n_choices) -> np.ndarray:
+    """Every design one knob away from ``code`` (knob by knob, choices ascending; vectorised)."""
+    return _neighbours(code, n_choices)[0]
 
 
 def neighbour_ranks(problem: Problem, budget: Budget, code, reference_accuracy):
@@ -136,9 +141,7 @@ def neighbour_ranks(problem: Problem, budget: Budget, code, reference_accuracy):
     Problems with ``evaluate_neighbours(code, nbs, knob, new)`` score them incrementally (only the
     cost terms a move touches), the rest through ``evaluate``."""
     code = np.asarray(code, dtype=np.int64)
-    knob, new = moves(code, problem.n_choices)
-    nbs = np.repeat(code[None], len(knob), axis=0)
-    nbs[np.arange(len(knob)), knob] = new
+    nbs, knob, new = _neighbours(code, problem.n_choices)
     fast = getattr(problem, "evaluate_neighbours", None)
     ev = None if fast is None else fast(code, nbs, knob, new)
     key, viol, ev = _rank_key(problem, budget, nbs, reference_accuracy, ev)
@@ -179,9 +182,8 @@ def repair(problem: Problem, budget: Budget, code, *, reference_accuracy=None, p
         i = int(np.argmax(nkey))
         if nviol[i] > 0 or nkey[i] <= obj + 1e-12:
             break
-        v, new_obj = _exact(problem, budget, nbs[i], reference_accuracy)
-        if v > 0:            # feasible only by the incremental sum's rounding: stop here
-            v = 0.0
+        new_v, new_obj = _exact(problem, budget, nbs[i], reference_accuracy)
+        if new_v > 0:            # feasible only by the incremental sum's rounding: stop here
             break
         code, obj = nbs[i], new_obj
     return _result(problem, budget, code, reference_accuracy, t0, evals)
