@@ -53,7 +53,9 @@ def test_baselines_reach_target_latency(small_onnx, kind):
     """The tuner finds a design of the family within 5 % of a latency the family can reach.
 
     Latency on this CPU is a staircase in width (blocked kernels), so the target is one the family
-    is known to reach: 1.03 x the measured latency of its own half-size member."""
+    is known to reach: the measured latency of its own half-size member. (A margin above it, e.g.
+    1.03 x, would leave only ~2 % of measurement noise before the member's own step falls more than
+    5 % under the target.)"""
     proto, cal = small_onnx
     space = fine_space(edgepass.design_space(proto))
     if kind == "magnitude":
@@ -61,8 +63,8 @@ def test_baselines_reach_target_latency(small_onnx, kind):
     else:
         half = uniform_design(space, 0.45, precision="int8" if "int8" in kind else None)
     reference = realise(proto, space, half, cal)
-    for attempt in range(2):    # one retry: on a shared 2-core machine a burst can mislead one tuning run
-        target = 1.03 * measured_ms(reference, runs=200)
+    for attempt in range(3):    # retries: on a shared 2-core machine a burst can mislead one tuning run
+        target = measured_ms(reference, runs=200)
         r = to_latency(proto, kind, target, calibration=cal)
         if r.within:
             break
@@ -75,7 +77,7 @@ def test_baselines_reach_target_latency(small_onnx, kind):
         ref_ms.append(measured_ms(reference, runs=200, repeats=1))
         got_ms.append(measured_ms(r.model, runs=200, repeats=1))
     ratio = np.median(got_ms) / np.median(ref_ms)
-    assert abs(ratio / 1.03 - 1) <= 0.15, (got_ms, ref_ms)   # single medians here swing ~25 % under load
+    assert abs(ratio - 1) <= 0.15, (got_ms, ref_ms)   # single medians here swing ~25 % under load
     assert r.model is not proto and r.macs < space.graph.macs
 
 
