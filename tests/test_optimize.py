@@ -249,6 +249,16 @@ def test_incremental_neighbour_scores_match_full_evaluation(resnet18_space):
         a, r = repair(fast, b, sp.encode(sp.identity()), polish=10), repair(Full(fast), b, sp.encode(sp.identity()),
                                                                          polish=10)
         assert a.feasible and a.latency_ms <= b.latency_ms and np.array_equal(a.code, r.code)
+    # what compile and edgepass.optimize use: the same incremental path through the callables
+    from edgepass.optimizers.api import model_problem
+
+    problem, _ = model_problem(sp, "eagle/gtx1080ti", accuracy_fn=fn)
+    code = sp.encode(sp.sample(7))
+    knob, new = moves(code, n_choices)
+    nbs = neighbours(code, n_choices)
+    full, inc = problem.evaluate(nbs), problem.evaluate_neighbours(code, nbs, knob, new)
+    assert np.allclose(inc["latency_ms"], full["latency_ms"], rtol=1e-12, atol=0)
+    assert np.allclose(inc["accuracy"], full["accuracy"], rtol=1e-12, atol=0)
 
 
 def test_amortized_model_space_trains_caches_and_loads(resnet18_space, trained_cache, monkeypatch):

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import DeviceError, InfeasibleBudgetError, InputError
 from .amortized import AmortizedOptimizer
 from .budget import Budget
-from .problem import Problem
+from .problem import Problem, score_neighbours
 from .search import evolutionary, exhaustive, repair
 
 METHODS = ("amortized", "search", "exhaustive")
@@ -53,6 +53,13 @@ class CallableProblem(Problem):
         return {"accuracy": np.asarray(self.accuracy_fn(codes), dtype=np.float64),
                 "latency_ms": np.asarray(self.latency_fn(codes), dtype=np.float64),
                 "energy_mj": None if self.energy_fn is None else np.asarray(self.energy_fn(codes), dtype=np.float64)}
+
+    def evaluate_neighbours(self, code, nbs, knob, new) -> dict:
+        """:meth:`evaluate` of ``nbs`` (``code`` with one knob moved each; the repair's hot loop),
+        incrementally where a cost function can (:func:`~edgepass.optimizers.problem.move_scorer`)."""
+        energy = None if self.energy_fn is None else score_neighbours(self.energy_fn, code, nbs, knob, new)
+        return {"accuracy": score_neighbours(self.accuracy_fn, code, nbs, knob, new),
+                "latency_ms": score_neighbours(self.latency_fn, code, nbs, knob, new), "energy_mj": energy}
 
 
 def cache_dir(path=None) -> Path:

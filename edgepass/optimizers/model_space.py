@@ -47,6 +47,7 @@ import numpy as np
 
 from .amortized import AmortizedOptimizer, TrainingPair
 from .budget import Budget
+from .problem import score_neighbours
 from .search import best_repaired, repair
 
 FORMAT = "edgepass.amortized-model/1"
@@ -243,15 +244,10 @@ class CostsProblem:
                 "latency_ms": np.asarray(self.costs.predict(codes), dtype=np.float64), "energy_mj": None}
 
     def evaluate_neighbours(self, code, nbs, knob, new) -> dict:
-        """:meth:`evaluate` of ``nbs`` (``code`` with one knob moved each), latency incrementally."""
-        if not hasattr(self.costs, "predict_moves"):
-            return self.evaluate(nbs)
-        # an accuracy function may score moves too: its own `moves`, or its predictor's `predict_moves`
-        acc_moves = getattr(self.accuracy_fn, "moves", None) or \
-            getattr(getattr(self.accuracy_fn, "__self__", None), "predict_moves", None)
-        acc = self.accuracy_fn(nbs) if acc_moves is None else acc_moves(code, knob, new)
-        return {"accuracy": np.asarray(acc, dtype=np.float64),
-                "latency_ms": self.costs.predict_moves(code, knob, new), "energy_mj": None}
+        """:meth:`evaluate` of ``nbs`` (``code`` with one knob moved each), incrementally where the
+        cost and accuracy functions can (:func:`~edgepass.optimizers.problem.move_scorer`)."""
+        return {"accuracy": score_neighbours(self.accuracy_fn, code, nbs, knob, new),
+                "latency_ms": score_neighbours(self.costs.predict, code, nbs, knob, new), "energy_mj": None}
 
 
 def coarse_descent(problem, budget: Budget, code, *, max_moves: int = 8, max_steps: int = 10_000) -> np.ndarray:

@@ -20,6 +20,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def move_scorer(fn):
+    """``fn``'s incremental scorer of one-knob moves, ``moves(code, knob, new) -> values`` of ``code``
+    with ``code[knob[m]] = new[m]`` for every m, or None: a function's own ``moves`` attribute, or
+    ``predict_moves`` of the object whose bound method ``fn`` is (TableCosts, AccuracyPredictor)."""
+    if fn is None:
+        return None
+    scorer = getattr(fn, "moves", None)
+    return scorer if scorer is not None else getattr(getattr(fn, "__self__", None), "predict_moves", None)
+
+
+def score_neighbours(fn, code, nbs, knob, new) -> np.ndarray:
+    """``fn(nbs)`` for the neighbours ``nbs`` of ``code`` (one move each), incrementally where ``fn``
+    has a :func:`move_scorer`."""
+    scorer = move_scorer(fn)
+    return np.asarray(fn(nbs) if scorer is None else scorer(code, knob, new), dtype=np.float64)
+
+
 class Problem:
     n_choices: list
 
