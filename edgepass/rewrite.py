@@ -48,7 +48,10 @@ def _onnx_pipeline(space, design, *, calibration_data, importance, original=None
 
 
 def _fx_pipeline(space, design, *, calibration_data, importance, example_inputs=None, recalibrate=True,
-                 teacher=None, finetune=None, finetune_steps=200, seed=0, reconstruct=None):
+                 teacher=None, finetune=None, finetune_steps=200, seed=0, reconstruct=None,
+                 precision_mode: str = "convert"):
+    """The FX passes of ``design``; ``precision_mode="fake"`` simulates int8 without converting (what
+    the accuracy predictor measures)."""
     from .passes.base import Pipeline
     from .passes.kernel import KernelPassFX
     from .passes.width import WidthPassFX
@@ -73,7 +76,8 @@ def _fx_pipeline(space, design, *, calibration_data, importance, example_inputs=
     if _needs_precision(space, design):
         from .passes.precision_fx import PrecisionPassFX
 
-        passes.append(PrecisionPassFX(design.precisions, calibration_data))
+        passes.append(PrecisionPassFX(design.precisions, calibration_data, mode=precision_mode,
+                                      example_inputs=example_inputs))
     return Pipeline(*passes)
 
 

@@ -183,34 +183,18 @@ class AccuracyPredictor:
 
             return apply(self.model, design, calibration_data=self.x, recalibrate=self.recalibrate,
                          reconstruct=self.reconstruct)
-        from edgepass.passes.base import Pipeline
-        from edgepass.passes.kernel import KernelPassFX
-        from edgepass.passes.precision_fx import PrecisionPassFX
-        from edgepass.passes.width import WidthPassFX
+        from edgepass.rewrite import _fx_pipeline
 
-        ident = self.space.identity()
         gm = copy.deepcopy(self.space.graph.graph["gm"])
-        passes = []
-        shape = design.widths != ident.widths or design.kernels != ident.kernels
-        if shape:
-            width, kernel = WidthPassFX(self.space, design), KernelPassFX(self.space, design)
-            passes += [width, kernel]
-            if self._reconstructs():
-                from edgepass.passes.reconstruct import ReconstructPassFX
-
-                passes.append(ReconstructPassFX(self.space.graph.graph["gm"], self.space, width, kernel, self.x,
-                                                self.example_inputs))
-            if self.recalibrate:
-                from edgepass.passes.recalibrate import RecalibratePassFX
-
-                passes.append(RecalibratePassFX(self.x, self.example_inputs))
-        if design.precisions != ident.precisions:
-            passes.append(PrecisionPassFX(design.precisions, self.x, mode="fake", example_inputs=self.example_inputs))
-        if not passes:
+        if design == self.space.identity():
             return gm
+        # compile's own FX passes and recovery, with int8 simulated (fake-quant) rather than converted
+        pipeline = _fx_pipeline(self.space, design, calibration_data=self.x, importance="l1",
+                                example_inputs=self.example_inputs, recalibrate=self.recalibrate,
+                                reconstruct=self.reconstruct, precision_mode="fake")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Pipeline(*passes)(gm).model
+            return pipeline(gm).model
 
     def evaluate(self, design) -> float:
         """Measured metric of ``design`` on the predictor's data (accuracy or fidelity, in [0, 1])."""
