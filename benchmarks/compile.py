@@ -15,7 +15,7 @@ Section 3, end to end: resnet18, mobilenet_v2, efficientnet_b0, regnet_y_400mf (
 FX (nn.Module) and ONNX input, for 5 database devices (this CPU ``local/cpu-ort-1t`` among them) at 3
 budgets (fractions of each device's predicted original latency). Every output must verify and meet
 its budget under the predictor; for this CPU (ONNX input) the compiled model is measured
-(onnxruntime, 1 thread, median of 20 runs) and must be within 10 % of the budget. Measured
+(onnxruntime, 1 thread, median of at least 20 runs and 0.1 s: compile's own measurement) and must be within 10 % of the budget. Measured
 before/after latency on this CPU is reported per model and budget. FX outputs are nn.Modules
 (int8 via torch's FX quantization), which onnxruntime cannot time: their latency is predicted only.
 

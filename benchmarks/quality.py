@@ -263,13 +263,14 @@ def predictor_study(name, proto, D, n_designs: int) -> dict:
     truth = correct.mean(1).tolist()
     codes = np.stack([space.encode(d) for d in designs])
     macs = np.array([space.design_graph(d).macs for d in designs], dtype=np.float64)
+    pred_aware, pred_unaware = aware.predict_codes(codes), unaware.predict_codes(codes)
     out = {"net": name, "designs": n_designs, "truth_range": [min(truth), max(truth)], "fit_s": fit_s,
            "correction": aware.info["correction"],
-           "spearman_predictor_recal_aware": spearman(aware.predict_codes(codes), truth),
-           "spearman_predictor_no_recal": spearman(unaware.predict_codes(codes), truth),
+           "spearman_predictor_recal_aware": spearman(pred_aware, truth),
+           "spearman_predictor_no_recal": spearman(pred_unaware, truth),
            "spearman_macs_only": spearman(macs, truth),
-           "mae_recal_aware": float(np.mean(np.abs(aware.predict_codes(codes) - truth))),
-           "mae_no_recal": float(np.mean(np.abs(unaware.predict_codes(codes) - truth))),
+           "mae_recal_aware": float(np.mean(np.abs(pred_aware - truth))),
+           "mae_no_recal": float(np.mean(np.abs(pred_unaware - truth))),
            **noise_ceiling(correct)}
     out["spearman_over_ceiling"] = out["spearman_predictor_recal_aware"] / out["truth_noise_ceiling"]
     return out
