@@ -104,8 +104,12 @@ def _override(device: str, precision: str) -> str | None:
     return None if precision == "fp32" else precision
 
 
-def collect(ts=None, *, specs=None, progress=True, include_designs=True, max_specs=None) -> Data:
-    """All latency rows whose architecture has cached features (plus our CPU designs)."""
+def collect(ts=None, *, specs=None, progress=True, include_designs=True, max_specs=None,
+            reuse: Data | None = None) -> Data:
+    """All latency rows whose architecture has cached features (plus our CPU designs). ``reuse``: an
+    earlier collection whose design op matrices are taken as they are for the same (spec, design)
+    keys -- rebuilding ~700 designs is most of the 10 minutes, and a re-measurement changes only the
+    latencies."""
     from edgepass import dataset
 
     from tqdm import tqdm
@@ -158,6 +162,8 @@ def collect(ts=None, *, specs=None, progress=True, include_designs=True, max_spe
         drows = [r for r in rows if r["design"]]
         for r in tqdm(drows, desc="designs", file=sys.stderr, disable=not progress, leave=False):
             key = (r["spec"], r["design"], None)
+            if key not in D.gkey and reuse is not None and key in reuse.gkey:
+                D.add_graph(key, reuse.g_mat[reuse.gkey[key]])
             if key not in D.gkey:
                 try:
                     X = design_matrix(r["spec"], r["design"])
@@ -176,7 +182,8 @@ def collect(ts=None, *, specs=None, progress=True, include_designs=True, max_spe
 def collect_cached(directory, *, progress=True, refresh=False) -> Data:
     """:func:`collect` (about 10 min on a busy 2-core machine: ~4k cached feature files and ~700
     rebuilt designs), pickled in ``directory`` under a key of the dataset files (name, size, mtime).
-    Features cached later are only picked up with ``refresh=True``."""
+    When the key changed, the designs' op matrices of the newest earlier pickle are reused
+    (``refresh=True`` rebuilds everything, and picks up features cached later)."""
     import os
     import pickle
 
@@ -192,7 +199,12 @@ def collect_cached(directory, *, progress=True, refresh=False) -> Data:
     if path.is_file() and not refresh:
         with open(path, "rb") as fh:
             return pickle.load(fh)
-    D = collect(progress=progress)
+    previous = None
+    if not refresh:  # the dataset changed (e.g. re-measured): keep the earlier collection's designs
+        for old in sorted(directory.glob("latency_data_*.pkl"), key=lambda p: p.stat().st_mtime)[-1:]:
+            with open(old, "rb") as fh:
+                previous = pickle.load(fh)
+    D = collect(progress=progress, reuse=previous)
     for old in directory.glob("latency_data_*.pkl"):
         old.unlink()
     tmp = path.with_suffix(".tmp")

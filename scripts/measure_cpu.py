@@ -63,7 +63,7 @@ if not SHARED.exists():
 OUT = ROOT / "edgepass" / "data" / "dataset"
 DEVICE_BY_THREADS = {1: "local/cpu-ort-1t", 2: "local/cpu-ort-2t"}
 COLUMNS = ["device", "spec", "design", "precision", "threads", "latency_ms", "iqr_ms", "p25_ms",
-           "p75_ms", "min_ms", "runs"]
+           "p75_ms", "min_ms", "runs", "rounds_ms"]
 RUNS, WARMUP = 20, 5
 
 # torchvision models: the mobile-ml-benchmark names the zoo maps exactly, plus a few small
@@ -440,6 +440,89 @@ def _remeasure(out: Path, minutes: float, key: str, specs: list[str], jobs) -> i
     return 0
 
 
+# ------------------------------------------------------------------ one-campaign re-measurement (issue 5)
+def remeasure_all(out: Path, threads: int, rounds: int, seconds: float, work: Path, seed: int = 0) -> int:
+    """Re-time every row of ``local/cpu-ort-<threads>t`` that trains the predictor (identity fp32 and
+    design rows; the naive whole-model int8 rows are skipped) in one campaign.
+
+    Why (issue 5): the rows were timed in seven sessions over a day on a shared VM; re-timing a sample
+    of them in one sitting agreed with the stored medians within 10 % for only 53-60 % of them (the
+    machine ran ~6 % faster), while two passes of the same sitting agreed for 92-100 %. So every model
+    is first built to ``work`` (resumable), then timed in ``rounds`` rounds, each a seeded shuffle of
+    all models, for ``seconds / rounds`` each (at least 10 runs): a transient load spike hits one
+    round of a model, not all of them. The row's median/quartiles/min pool every round's runs;
+    ``rounds_ms`` keeps each round's median, so that benchmarks can tell how far two measurements of
+    the same model disagree (the ceiling of any "within 10 % of measured" figure)."""
+    import hashlib
+    import logging
+
+    import numpy as np
+
+    from tqdm import tqdm
+
+    from edgepass.devices.measure import measure
+
+    logging.getLogger().setLevel(logging.ERROR)
+    dev = DEVICE_BY_THREADS[threads]
+    rows, nodes = load_done(out)
+    meta = json.loads((out / "cpu_ort_meta.json").read_text())
+    keep = [r for r in rows if r["device"] == dev and not (r["precision"] == "int8" and not r["design"])]
+    keep.sort(key=lambda r: (r["spec"], r["design"]))  # one design space build per spec
+    work.mkdir(parents=True, exist_ok=True)
+
+    def path_of(r):
+        return work / (hashlib.sha1(f"{r['spec']}|{r['design']}".encode()).hexdigest() + ".onnx")
+    t0 = time.time()
+    for r in tqdm([r for r in keep if not path_of(r).exists()], desc="building", file=sys.stderr, dynamic_ncols=True):
+        try:
+            data = realize(r["spec"], r["design"])[0]
+        except Exception as exc:  # noqa: BLE001 -- keep the old row
+            print(f"FAILED {r['spec'][:60]}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+            continue
+        tmp = path_of(r).with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path_of(r))
+    build_s = time.time() - t0
+    keep = [r for r in keep if path_of(r).exists()]
+    times_path = work / f"times-{threads}t.json"
+    times: dict[str, list[list[float]]] = json.loads(times_path.read_text()) if times_path.exists() else {}
+    t1 = time.time()
+    for rnd in range(rounds):
+        order = [r for r in keep if len(times.get(path_of(r).name, [])) <= rnd]
+        random.Random(f"{seed}/{rnd}").shuffle(order)
+        for r in tqdm(order, desc=f"round {rnd + 1}/{rounds}", file=sys.stderr, dynamic_ncols=True):
+            m = measure(str(path_of(r)), threads=threads, runs=10, warmup=3, min_seconds=seconds / rounds)
+            times.setdefault(path_of(r).name, []).append([round(t, 5) for t in m.times_ms])
+        tmp = times_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(times))
+        os.replace(tmp, times_path)
+    new = {}
+    for r in keep:
+        ts = np.concatenate(times[path_of(r).name][:rounds])
+        p25, med, p75 = np.percentile(ts, [25, 50, 75])
+        new[(r["spec"], r["design"], r["precision"])] = {
+            **r, "latency_ms": f"{med:.4g}", "iqr_ms": f"{p75 - p25:.3g}", "p25_ms": f"{p25:.4g}",
+            "p75_ms": f"{p75:.4g}", "min_ms": f"{ts.min():.4g}", "runs": len(ts),
+            "rounds_ms": ";".join(f"{np.median(x):.4g}" for x in times[path_of(r).name][:rounds])}
+    ratio = [float(new[k]["latency_ms"]) / float(r["latency_ms"]) for r in keep
+             for k in [(r["spec"], r["design"], r["precision"])]]
+    rows = [new.get((r["spec"], r["design"], r["precision"]), r) if r["device"] == dev else r for r in rows]
+    meta["sessions"].append({
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
+        "cpu": cpu_model(), "nproc": os.cpu_count(), "remeasure_all": dev, "models_measured": len(new),
+        "rounds": rounds, "seconds_per_model": seconds, "build_s": round(build_s, 1), "measure_s": round(time.time() - t1, 1),
+        "median_new_over_old": round(float(np.median(ratio)), 4),
+        "within10_new_vs_old": round(float(np.mean(np.abs(np.array(ratio) - 1) <= 0.10)), 4),
+        "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    meta["protocol"][f"remeasured_{threads}t"] = (
+        f"every {dev} row except the naive int8 ones re-timed in one campaign: {rounds} interleaved rounds "
+        f"(seeded shuffles) of >= {seconds / rounds:g} s and >= 10 runs per model, statistics over all rounds' runs")
+    flush(out, rows, nodes, meta)
+    print(f"re-measured {len(new)} {dev} rows: new/old median {np.median(ratio):.3f}, "
+          f"{np.mean(np.abs(np.array(ratio) - 1) <= 0.10):.1%} within 10 % of the old value", file=sys.stderr)
+    return 0
+
+
 # ------------------------------------------------------------------ main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -462,10 +545,18 @@ def main(argv=None) -> int:
                          "edgepass-pass int8 pairs for about MINUTES, replacing their old int8 rows (issue 5)")
     ap.add_argument("--fix-designs", type=float, default=0.0, metavar="MINUTES",
                     help="re-measure the random designs of DESIGN_MODELS back to back with their fp32 identity")
+    ap.add_argument("--remeasure-all", type=int, default=0, metavar="THREADS",
+                    help="re-time every training row of local/cpu-ort-<THREADS>t in one campaign (see remeasure_all)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --remeasure-all")
+    ap.add_argument("--seconds", type=float, default=0.3, help="timed seconds per model in --remeasure-all (all rounds)")
+    ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "edgepass-remeasure",
+                    help="built models and partial timings of --remeasure-all (resumable)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan size and exit")
     ap.add_argument("--write-devices", action="store_true",
                     help="only profile this machine and write the local/cpu-ort-{1,2}t device files")
     args = ap.parse_args(argv)
+    if args.remeasure_all:
+        return remeasure_all(args.out, args.remeasure_all, args.rounds, args.seconds, args.work_dir, args.seed)
     if args.fix_int8 or args.fix_designs:
         rc = fix_int8(args.out, args.fix_int8, args.seed) if args.fix_int8 else 0
         return rc or (fix_designs(args.out, args.fix_designs) if args.fix_designs else 0)

@@ -169,6 +169,100 @@ def test_per_device_correction_fits_scaled_truth_and_keeps_table_exact(space, tm
     assert np.allclose(est, fixed, rtol=1e-4)  # float32 storage
 
 
+def test_few_shot_op_class_residual_learns_a_cost_ratio_the_mlp_lacks(space, tmp_path):
+    """A device on which every 5x5 conv costs 0.3 ms more than the shared MLP thinks (no 5x5
+    support, say; the designs take 0.1-2 ms): from 20 measured designs the few-shot fit keeps an
+    op-class residual (leave-one-out says it pays), which predicts 20 held-out designs much better
+    than the embedding fit alone; the residual travels in the device file and the LatencyTable
+    stays an exact sum. (With 10 designs leave-one-out declines here: 5x5 convs are split over an
+    fp32 and an int8 class, each in only a few of them.)"""
+    from edgepass.devices import get_device
+
+    m = L.load_model()
+    base = get_device("local/cpu-ort-1t")
+    st = {k: v for k, v in m.device_state(base).items() if k != "corr"}
+    designs = [space.sample(i) for i in range(40)]
+    graphs = [space.design_graph(d) for d in designs]
+    mats = [L.graph_matrix(g)[0] for g in graphs]
+    j = L._feat_index()
+    k5 = np.array([((X[:, j["kind_conv"]] > 0) & (X[:, j["kernel"]] == 5)).sum() for X in mats])
+    assert 0 < (k5[:20] > 0).sum() < 20 and 0 < (k5[20:] > 0).sum() < 20  # the knob varies in both sets
+    y = np.array([float(m.op_latency(X, st).sum() + m.overhead_ms(st)) for X in mats]) + 0.3 * k5
+    raw = L.device_raw_vector(base)
+    fit = L.fit_state(m, mats[:20], y[:20], raw)
+    assert fit.get("op_residual"), "leave-one-out should keep the residual"
+    assert "conv|k5|dw0|q0" in fit["op_residual"]["classes"]
+    plain = L.predict_matrices(mats[20:], m.state_from_fit(raw, {**fit, "op_residual": None}), m)
+    fixed = L.predict_matrices(mats[20:], m.state_from_fit(raw, fit), m)
+    err = lambda p: float(np.median(np.abs(p / y[20:] - 1)))  # noqa: E731
+    assert err(fixed) < 0.5 * err(plain) and err(fixed) < 0.1
+    dev = L.fit_device(list(zip(graphs[:20], y[:20])), name="no-5x5 board", base=base)
+    path = tmp_path / "board.json"
+    dev.save(path)
+    again = get_device(str(path))
+    stf = m.device_state(again)
+    assert "op-class residual" in stf["source"]
+    tab = L.LatencyTable(space, again, model=m)
+    codes = np.stack([space.encode(d) for d in designs[20:]])
+    assert np.allclose(tab.predict(codes), L.predict_matrices(mats[20:], stf, m), rtol=1e-6)
+
+
+def test_few_shot_count_model_replaces_the_mlp_on_a_count_device(space):
+    """A device whose latency is exactly a sum of per-class op costs (a simulated accelerator, like
+    HELP's Eyeriss): leave-one-out prefers the op-count model to the adapted MLP and it predicts
+    held-out designs made of the op classes it saw to within 1 %, LatencyTable included."""
+    from dataclasses import replace
+
+    from edgepass.devices import get_device
+
+    m = L.load_model()
+    cost = {"conv|k3|dw0|q0": 0.20, "conv|k3|dw0|q1": 0.08, "conv|k5|dw0|q0": 0.55, "conv|k5|dw0|q1": 0.30,
+            "conv|k3|dw1|q0": 0.05, "conv|k3|dw1|q1": 0.04, "act|k0|dw0|q0": 0.01, "batchnorm|k0|dw0|q0": 0.0,
+            "add|k0|dw0|q0": 0.02}
+    designs = [space.sample(i) for i in range(30)]
+    mats = [L.graph_matrix(space.design_graph(d))[0] for d in designs]
+    y = np.array([0.3 + sum(cost.get(c, 0.03) for c in L.op_classes(X)) for X in mats])
+    base = get_device("local/cpu-ort-1t")
+    raw = L.device_raw_vector(base)
+    fit = L.fit_state(m, mats[:10], y[:10], raw)
+    assert fit.get("op_residual") and fit["op_residual"]["mode"] == "replace"
+    st = m.state_from_fit(raw, fit)
+    assert "op-count model" in st["source"] and fit["op_residual"]["model"] == "counts"
+    p = L.predict_matrices(mats[10:], st, m)
+    seen = set(fit["op_residual"]["classes"])
+    known = np.array([set(L.op_classes(X)) <= seen for X in mats[10:]])
+    assert known.sum() >= 10 and not known.all()  # a class no measured design had keeps the MLP's ms
+    assert np.max(np.abs(p[known] / y[10:][known] - 1)) < 0.01
+    assert np.all(p[~known] > 0.9 * p[known].min())
+    dev = replace(base, id="user/counting-board", aliases=[],
+                  provenance={**base.provenance, L.FIT_KEY: fit})
+    tab = L.LatencyTable(space, dev, model=m)
+    codes = np.stack([space.encode(d) for d in designs[10:]])
+    assert np.allclose(tab.predict(codes), p, rtol=1e-6)
+    odd = designs[10 + int(np.nonzero(~known)[0][0])]
+    notes = L.predict(space.design_graph(odd), dev, model=m).notes
+    assert any("unlike the device's measured models" in n for n in notes)
+    assert not any("unlike" in n for n in L.predict(space.design_graph(designs[0]), dev, model=m).notes)
+
+
+def test_few_shot_op_class_residual_rarely_fits_noise():
+    """Measurements that are the MLP's own predictions times 3 % noise give leave-one-out no reason
+    to add a residual: over 20 noise draws on 10 torchvision models it is kept at most 3 times
+    (measured: once), and the op-count model never replaces the MLP."""
+    from edgepass.devices import get_device
+
+    m = L.load_model()
+    st = {k: v for k, v in m.device_state(get_device("local/cpu-ort-1t")).items() if k != "corr"}
+    specs = ("tv:resnet18", "tv:mobilenet_v2", "tv:squeezenet1_1", "tv:shufflenet_v2_x1_0", "tv:mnasnet0_5",
+             "tv:resnet34", "tv:mobilenet_v3_small", "tv:regnet_y_400mf", "tv:efficientnet_b0", "tv:googlenet")
+    mats = [L.model_matrix(s) for s in specs]
+    clean = L.predict_matrices(mats, st, m)
+    fits = [L.fit_op_residual(m, mats, clean * np.exp(np.random.default_rng(seed).normal(0, 0.03, len(mats))), st)
+            for seed in range(20)]
+    assert sum(f is not None for f in fits) <= 3
+    assert all(f is None or f["mode"] == "add" for f in fits)
+
+
 def test_calibration_on_measured_designs_recovers_per_precision_gains(digits_onnx):
     """calibrate_on_designs fits fp32 / int8 gains and an offset from measured designs of one model
     and every prediction path (predict, LatencyTable) uses them."""
