@@ -237,8 +237,8 @@ class LatencyModel:
             per = correction_basis(X, self.basis_ms(X, state["z"])) @ w[:N_CORR_OP]
         if state.get("opres") is not None and state.get("opres_overhead") is None and len(X):
             # not floored per op: the residual is a linear correction whose class weights are fitted
-            # together (flooring at 0 cost HELP NB201 eyeriss 0.84 -> 0.78 Spearman); a single op's
-            # row can be negative, totals are clamped positive by ``correct``
+            # together (flooring at 0 cost HELP FBNet fpga's share within +-10 % 0.48 -> 0.13); a
+            # single op's row can be negative, totals are clamped positive by ``correct``
             per = per + op_residual_ms(X, state["opres"])
         gain = state.get("gain")
         if gain is not None and len(X):
