@@ -80,25 +80,14 @@ def class_count_baseline(mats_tr, ytr, mats_te):
     (kind, kernel, depthwise, int8 -- :func:`edgepass.predictors.latency.op_classes`) plus an
     intercept, ridge strength by leave-one-out. On NAS-Bench-201 this is the classic "count the
     3x3 convs" model, which is exact on accelerators whose latency is a sum over cell ops."""
-    from edgepass.predictors.latency import OPRES_ALPHAS, _class_matrix
+    from edgepass.predictors.latency import OPRES_ALPHAS, _class_matrix, _ridge_loo
 
     Ftr, classes = _class_matrix(mats_tr)
     Fte, _ = _class_matrix(mats_te, classes)
-    Ftr = np.c_[Ftr[:, 0::3], np.ones(len(Ftr))]
-    Fte = np.c_[Fte[:, 0::3], np.ones(len(Fte))]
-    mu, sd = Ftr.mean(0), Ftr.std(0)
-    keep = sd > 1e-12
-    A = (Ftr[:, keep] - mu[keep]) / sd[keep]
-    yc = ytr - ytr.mean()
-    U, s, Vt = np.linalg.svd(A, full_matrices=False)
-    best = (np.inf, None)
-    for a in OPRES_ALPHAS:
-        w = Vt.T @ ((s / (s ** 2 + a)) * (U.T @ yc))
-        h = (U ** 2 * (s ** 2 / (s ** 2 + a))).sum(1) + 1.0 / len(ytr)
-        err = float(np.mean(((yc - A @ w) / np.maximum(1 - h, 1e-6)) ** 2))
-        if err < best[0]:
-            best = (err, w)
-    return np.maximum(ytr.mean() + ((Fte[:, keep] - mu[keep]) / sd[keep]) @ best[1], 1e-6)
+    Ftr, Fte = Ftr[:, 0::3], Fte[:, 0::3]
+    mu = Ftr.mean(0)
+    _, _, coef = _ridge_loo(Ftr - mu, ytr - ytr.mean(), OPRES_ALPHAS, h0=1.0 / len(ytr))
+    return np.maximum(ytr.mean() + (Fte - mu) @ (0 if coef is None else coef), 1e-6)
 
 
 def table(title, rows, cols):
@@ -247,7 +236,7 @@ def section_cpu(model, D, cpu_held):
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from edgepass.devices import get_device
-    from edgepass.predictors.latency import fit_correction, fit_op_residual, predict_matrices
+    from edgepass.predictors.latency import fit_correction, fit_op_residual, opres_state, predict_matrices
 
     rows_d = np.asarray(D.rows_d)
     out, noise_all = [], {}
@@ -265,9 +254,7 @@ def section_cpu(model, D, cpu_held):
         w = fit_correction(model, mats_tr, y_tr, st)
         pc = predict_matrices(mats_te, {**st, "corr": w}, model)
         res = fit_op_residual(model, mats_tr, y_tr, {**st, "corr": w}, count_margin=0.0)
-        pr = pc if res is None else predict_matrices(
-            mats_te, {**st, "corr": w, "opres": ({k: i for i, k in enumerate(res["classes"])}, np.asarray(res["w"]))},
-            model)
+        pr = pc if res is None else predict_matrices(mats_te, {**st, "corr": w, "opres": opres_state(res)}, model)
         Gtr, Gte = _gbm_features(model, D, tr, st), _gbm_features(model, D, te, st)
         p_tr = predict_matrices(mats_tr, st, model)
         gb = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, max_leaf_nodes=15, random_state=0)

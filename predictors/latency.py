@@ -186,7 +186,7 @@ class LatencyModel:
               "b": float(fit.get("log_scale", 1.0)), "source": "few-shot fit"}
         res = fit.get("op_residual")
         if res:
-            st["opres"] = ({k: i for i, k in enumerate(res["classes"])}, np.asarray(res["w"], dtype=np.float64))
+            st["opres"] = opres_state(res)
             if res.get("mode") == "replace":  # a linear model stands in for the MLP on this device
                 st.update(a=0.0, b=1.0, opres_overhead=float(res["overhead_ms"]), mlp_ab=(st["a"], st["b"]))
                 what = ("whole-graph op count/GMACs/MB" if res.get("model") == "totals"
@@ -330,7 +330,8 @@ def predict(graph, device, *, model: LatencyModel | None = None) -> Estimate:
         if "mlp_ab" in state:
             plain["a"], plain["b"] = state["mlp_ab"]
         ref = float(m.correct(_graph_total(m, X, plain)[0], plain))
-        unseen = sorted({c for c in op_classes(X)} - set(state["opres"][0]) - {"*"}) if "*" not in state["opres"][0] else []
+        index = state["opres"][0]
+        unseen = set() if "*" in index else set(op_classes(X)) - set(index)
         if not 0.5 <= total / max(ref, 1e-12) <= 2.0 or unseen:
             notes.append(f"warning: this model is unlike the device's measured models ({len(unseen)} op classes "
                          f"they lacked; {total:.3g} ms vs {ref:.3g} ms from the adapted predictor alone) -- "
@@ -646,36 +647,22 @@ def fit_op_residual(m: LatencyModel, mats: list, y, state: dict, *, margin: floa
     raw = predict_matrices(mats, base, m)
     t_raw = np.exp((np.log(y) - state.get("a", 0.0)) / state.get("b", 1.0))
     F, classes = _class_matrix(mats)
-    t = (t_raw - raw) / t_raw
-    A = F / t_raw[:, None]
-    sc = np.sqrt((A ** 2).mean(0))
-    keep = sc > 1e-12
-    if not keep.any():
+    if not np.any(F):
         return None
-    As = A[:, keep] / sc[keep]
-    U, s, Vt = np.linalg.svd(As, full_matrices=False)
+    t = (t_raw - raw) / t_raw
     none_err = float(np.mean(t ** 2))
-    best_err, best = margin * none_err, None
-    for a in alphas:
-        shrink = s ** 2 / (s ** 2 + a)
-        w = Vt.T @ ((s / (s ** 2 + a)) * (U.T @ t))
-        h = (U ** 2 * shrink).sum(1)
-        loo = (t - As @ w) / np.maximum(1 - h, 1e-6)
-        err = float(np.mean(loo ** 2))
-        if err < best_err:
-            best_err, best = err, (a, w)
+    err, alpha, coef = _ridge_loo(F / t_raw[:, None], t, alphas)
+    kept = alpha is not None and err < margin * none_err
     out = None
-    if best is not None:
-        coef = np.zeros(F.shape[1])
-        coef[keep] = best[1] / sc[keep]
-        out = {"mode": "add", "classes": classes, "w": coef.reshape(-1, 3).round(9).tolist(), "alpha": best[0],
-               "loo_rel_rmse": round(math.sqrt(best_err), 5), "none_rel_rmse": round(math.sqrt(none_err), 5)}
+    if kept:
+        out = {"mode": "add", "classes": classes, "w": coef.reshape(-1, 3).round(9).tolist(), "alpha": alpha,
+               "loo_rel_rmse": round(math.sqrt(err), 5), "none_rel_rmse": round(math.sqrt(none_err), 5)}
     # a linear model alone, for devices whose latency is a plain sum: ms per op of each class
     # (a simulated accelerator: HELP's NB201 Eyeriss) or ms per op, per GMAC and per MB of the
     # whole graph (FBNet on FPGA/Eyeriss), each + ms per graph. It replaces the MLP only when its
     # leave-one-out error is under ``count_margin`` x the best so far -- the adapted MLP's error
     # there is in-sample, so the bar is high on purpose.
-    ref = best_err if best is not None else none_err
+    ref = err if kept else none_err
     n_cls = len(classes)
     for name, C in (("counts", F[:, 0::3]), ("totals", F.reshape(len(F), n_cls, 3).sum(1))):
         y_err, lin = _linear_model(np.c_[C, np.ones(len(F))], y, alphas)
@@ -697,24 +684,36 @@ def fit_op_residual(m: LatencyModel, mats: list, y, state: dict, *, margin: floa
 def _linear_model(C: np.ndarray, y: np.ndarray, alphas) -> tuple[float, np.ndarray | None]:
     """Ridge fit of ``y`` (ms) on the columns of ``C`` (relative error, strength by leave-one-out):
     (leave-one-out mean squared relative error, coefficients) or (inf, None)."""
-    A = C / y[:, None]
+    err, _, coef = _ridge_loo(C / y[:, None], np.ones(len(y)), alphas)
+    return err, coef
+
+
+def _ridge_loo(A: np.ndarray, t: np.ndarray, alphas, *, h0: float = 0.0):
+    """Ridge regression of ``t`` on the columns of ``A`` (scaled to unit RMS; all-zero columns get 0),
+    its strength chosen among ``alphas`` by closed-form leave-one-out error (``h0``: leverage every
+    row has besides ``A``'s, 1/n for a centred intercept). Returns (leave-one-out mean squared error,
+    alpha, coefficients on ``A``'s columns), or (inf, None, None) when ``A`` has no non-zero column."""
     sc = np.sqrt((A ** 2).mean(0))
     keep = sc > 1e-12
+    if not keep.any():
+        return np.inf, None, None
     As = A[:, keep] / sc[keep]
-    t = np.ones(len(y))
     U, s, Vt = np.linalg.svd(As, full_matrices=False)
-    best_err, best = np.inf, None
+    best_err, best_alpha, best_w = np.inf, None, None
     for a in alphas:
         w = Vt.T @ ((s / (s ** 2 + a)) * (U.T @ t))
-        h = (U ** 2 * (s ** 2 / (s ** 2 + a))).sum(1)
+        h = (U ** 2 * (s ** 2 / (s ** 2 + a))).sum(1) + h0
         err = float(np.mean(((t - As @ w) / np.maximum(1 - h, 1e-6)) ** 2))
         if err < best_err:
-            best_err, best = err, w
-    if best is None:
-        return np.inf, None
-    coef = np.zeros(C.shape[1])
-    coef[keep] = best / sc[keep]
-    return best_err, coef
+            best_err, best_alpha, best_w = err, a, w
+    coef = np.zeros(A.shape[1])
+    coef[keep] = best_w / sc[keep]
+    return best_err, best_alpha, coef
+
+
+def opres_state(res: dict) -> tuple[dict, np.ndarray]:
+    """The ``state["opres"]`` form ``(class -> row, weights)`` of a :func:`fit_op_residual` dict."""
+    return {k: i for i, k in enumerate(res["classes"])}, np.asarray(res["w"], dtype=np.float64)
 
 
 # ---------------------------------------------------------------------- few-shot adaptation
@@ -985,5 +984,5 @@ def artifact_sha() -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-__all__ = ["calibrate_on_designs", "fit_correction", "correction_basis", "LatencyModel", "LatencyTable", "load_model", "predict", "predict_latency", "predict_many",
+__all__ = ["calibrate_on_designs", "fit_correction", "fit_op_residual", "correction_basis", "LatencyModel", "LatencyTable", "load_model", "predict", "predict_latency", "predict_many",
            "fit_device", "fit_state", "read_measurements", "model_matrix", "device_raw_vector"]
