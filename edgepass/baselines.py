@@ -175,17 +175,20 @@ def realise(proto, space, design, calibration=None, *, recalibrate: bool = True,
     return ir.to_proto(pipe(ir.from_proto(onnx.ModelProto.FromString(proto.SerializeToString()))).model)
 
 
-def measured_ms(proto, *, runs: int = 100, repeats: int = 3) -> float:
-    """Median over ``repeats`` medians of ``runs`` timed runs (1 thread): robust to a noisy neighbour."""
+def measured_ms(proto, *, runs: int = 100, repeats: int = 3, min_seconds: float = 0.1) -> float:
+    """Median over ``repeats`` medians of at least ``runs`` timed runs and ``min_seconds`` each (1 thread).
+
+    Robust to a noisy neighbour; ``min_seconds`` matters for sub-millisecond models, where 100 runs
+    span ~20 ms and one scheduler burst moved a median by 16 % here."""
     from .devices.measure import measure
 
-    return float(np.median([measure(proto, threads=1, runs=runs, warmup=10, seed=i).median_ms
-                            for i in range(repeats)]))
+    return float(np.median([measure(proto, threads=1, runs=runs, warmup=10, seed=i,
+                                    min_seconds=min_seconds).median_ms for i in range(repeats)]))
 
 
 def to_latency(model, kind: str, target_ms: float, *, calibration=None, tol: float = 0.05, steps: int = 8,
                grid_points: int = 9, max_brackets: int = 3, runs: int = 100, repeats: int = 3,
-               space=None, reconstruct: bool | None = None) -> BaselineResult:
+               min_seconds: float = 0.1, space=None, reconstruct: bool | None = None) -> BaselineResult:
     """Baseline ``kind`` of the ONNX ``model`` tuned to ``target_ms`` measured on this CPU.
 
     The parameter (in ``[MIN_PARAM, 1]``) is measured on a grid of ``grid_points``; the largest one
@@ -220,9 +223,9 @@ def to_latency(model, kind: str, target_ms: float, *, calibration=None, tol: flo
         key = d.to_json()
         if key not in cache:
             m = realise(proto, space, d, calibration, reconstruct=False)
-            ms = measured_ms(m, runs=runs, repeats=repeats)
+            ms = measured_ms(m, runs=runs, repeats=repeats, min_seconds=min_seconds)
             if abs(ms / target_ms - 1) <= tol:   # a hit is confirmed by a second measurement (shared CPUs)
-                ms = float(np.median([ms, measured_ms(m, runs=runs, repeats=repeats)]))
+                ms = float(np.median([ms, measured_ms(m, runs=runs, repeats=repeats, min_seconds=min_seconds)]))
             cache[key] = (m, ms, d)
         return cache[key]
 

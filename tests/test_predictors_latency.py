@@ -95,6 +95,33 @@ def test_few_shot_improves_over_no_adaptation():
     assert spearman(p1, y[10:]) >= spearman(p0, y[10:]) - 0.05
 
 
+def test_batched_leave_one_out_folds_are_independent_fits():
+    """fit_state's leave-one-out refits run batched (one optimisation for all folds, on distinct op
+    rows): each fold must equal a separate fit on its k-1 measurements, and leave-one-out error must
+    exceed in-sample error (what the op-count model is compared with)."""
+    from edgepass.devices import get_device
+
+    m = L.load_model()
+    specs = [f"nb201:|nor_conv_3x3~0|+|{a}~0|{b}~1|+|skip_connect~0|nor_conv_1x1~1|avg_pool_3x3~2|"
+             for a in ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3") for b in ("avg_pool_3x3", "nor_conv_3x3")]
+    mats = [L.model_matrix(s) for s in specs]
+    st = {k: v for k, v in m.device_state(get_device("help/pixel2")).items() if k != "corr"}
+    y = L.predict_matrices(mats, st, m) * np.exp(np.random.default_rng(0).normal(0, 0.1, len(mats)))
+    raw = L.device_raw_vector(get_device("help/xeon-gold-6226"))
+    k = len(mats)
+    masks = np.vstack([np.ones((1, k), bool), ~np.eye(k, dtype=bool)[:3]])
+    r, off, sc, lp = L._fit_embeddings(m, mats, y, raw, masks, np.zeros(m.a["R"].shape[1]), steps=100, ridge=1.0,
+                                       fit_scale=True)
+    for f in range(1, 4):
+        keep = masks[f]
+        r1, off1, sc1, _ = L._fit_embeddings(m, [x for x, kk in zip(mats, keep) if kk], y[keep], raw,
+                                             np.ones((1, k - 1), bool), np.zeros(m.a["R"].shape[1]), steps=100,
+                                             ridge=1.0, fit_scale=True)
+        assert np.allclose(r[f], r1[0], atol=1e-6) and abs(off[f] - off1[0]) < 1e-6 and abs(sc[f] - sc1[0]) < 1e-6
+    fit = L.fit_state(m, mats, y, raw)
+    assert fit["mlp_loo_rel_rmse"] > 0 and fit["mlp_loo_rel_rmse"] ** 2 > np.mean((np.exp(lp[0]) / y - 1) ** 2) * 0.9
+
+
 def test_cli_predict_and_errors(capsys, tmp_path):
     assert main(["predict", "nb201:|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|none~0|avg_pool_3x3~1|nor_conv_1x1~2|",
                  "--device", "local/cpu-ort-1t"]) == 0
@@ -257,8 +284,9 @@ def test_few_shot_op_class_residual_rarely_fits_noise():
              "tv:resnet34", "tv:mobilenet_v3_small", "tv:regnet_y_400mf", "tv:efficientnet_b0", "tv:googlenet")
     mats = [L.model_matrix(s) for s in specs]
     clean = L.predict_matrices(mats, st, m)
-    fits = [L.fit_op_residual(m, mats, clean * np.exp(np.random.default_rng(seed).normal(0, 0.03, len(mats))), st)
-            for seed in range(20)]
+    # the MLP's leave-one-out predictions are the clean ones: its error is the noise itself
+    fits = [L.fit_op_residual(m, mats, clean * np.exp(np.random.default_rng(seed).normal(0, 0.03, len(mats))), st,
+                              mlp_loo_ms=clean) for seed in range(20)]
     assert sum(f is not None for f in fits) <= 3
     assert all(f is None or f["mode"] == "add" for f in fits)
 
