@@ -198,7 +198,10 @@ def few_shot(model, D, rows, seed=0):
             "count_model": bool(fit.get("op_residual") and fit["op_residual"].get("mode") == "replace"),
             "spearman_noadapt": spearman(p0, y_te), "base_spearman": spearman(pb, y_te),
             "base_within10": within(pb, y_te), "counts_spearman": spearman(pc, y_te),
-            "counts_within10": within(pc, y_te), "fit_s": round(fit_s, 2)}
+            "counts_within10": within(pc, y_te), "fit_s": round(fit_s, 2),
+            # what `edgepass device fit` tells the user to expect, next to what happened
+            "loo_rel_rmse": fit.get("loo_rel_rmse", float("nan")),
+            "test_rel_rmse": float(np.sqrt(np.mean((p / y_te - 1) ** 2)))}
 
 
 def _cpu_noise(D, rows) -> tuple[np.ndarray, np.ndarray]:
@@ -347,17 +350,19 @@ def main(argv=None) -> int:
             out.append({"device": "MEAN", **{k: float(np.mean([o[k] for o in out])) for k in
                                             ("spearman", "within10", "spearman_mlp_only", "within10_mlp_only",
                                              "op_residual_kept", "count_model", "spearman_noadapt", "base_spearman",
-                                             "base_within10", "counts_spearman", "counts_within10")},
+                                             "base_within10", "counts_spearman", "counts_within10", "loo_rel_rmse",
+                                             "test_rel_rmse")},
                         "help_reported": 0.932 if space == "nb201" else 0.910})
         res["help"][space] = out
         table(f"(a) HELP protocol, {space}: {K} measured archs, evaluated on the rest of the featurized subset; "
               f"spearman/within10 = predictor + few-shot fit, *_mlp_only = without the op-class residual "
               f"(op_residual_kept = share of draws where leave-one-out kept it, count_model = share where an op-count "
               f"model replaced the MLP), noadapt = device features only, "
-              f"base_* = lstsq on FLOPs/bytes/op count, counts_* = ridge on op counts per class",
+              f"base_* = lstsq on FLOPs/bytes/op count, counts_* = ridge on op counts per class, loo_rel_rmse = the "
+          f"error `edgepass device fit` reports (leave-one-out on the {K}), test_rel_rmse = the error on the rest",
               out, ["device", "n_eval", "spearman", "within10", "spearman_mlp_only", "within10_mlp_only",
                     "op_residual_kept", "count_model", "spearman_noadapt", "base_spearman", "base_within10", "counts_spearman",
-                    "counts_within10", "help_reported", "fit_s"])
+                    "counts_within10", "help_reported", "fit_s", "loo_rel_rmse", "test_rel_rmse"])
     # (b) held-out devices of the database: approach 2 (device-conditioned + few-shot fit) next to
     # approach 1 (proxy + monotone map) and the lstsq FLOPs baseline, same K samples per draw
     out, flags = [], []
@@ -386,7 +391,8 @@ def main(argv=None) -> int:
     ok = [o for o in out if "spearman" in o]
     keys = ("spearman", "within10", "spearman_mlp_only", "within10_mlp_only", "op_residual_kept", "count_model",
             "spearman_noadapt",
-            "base_spearman", "base_within10", "counts_spearman", "counts_within10", "a1_rho", "a1_w10")
+            "base_spearman", "base_within10", "counts_spearman", "counts_within10", "a1_rho", "a1_w10",
+            "loo_rel_rmse", "test_rel_rmse")
     out.append({"device": "MEAN", **{k: float(np.nanmean([o.get(k, np.nan) for o in ok])) for k in keys}})
     res["lodo"] = out
     table(f"(b) held-out devices (never in training), {K} samples each, mean of {args.seeds} draws: approach 2 = "
@@ -395,7 +401,7 @@ def main(argv=None) -> int:
           f"ridge on op counts per class (counts_*)",
           out, ["device", "n_eval", "spearman", "within10", "spearman_mlp_only", "within10_mlp_only", "op_residual_kept",
                 "spearman_noadapt", "a1_proxy", "a1_k_rho", "a1_rho", "a1_w10", "base_spearman", "base_within10",
-                "counts_spearman", "counts_within10", "flag/fail", "note"])
+                "counts_spearman", "counts_within10", "loo_rel_rmse", "test_rel_rmse", "flag/fail", "note"])
     tp = sum(f["flagged"] and f["reuse_fails"] for f in flags)
     tn = sum(not f["flagged"] and not f["reuse_fails"] for f in flags)
     fp = sum(f["flagged"] and not f["reuse_fails"] for f in flags)

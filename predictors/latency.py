@@ -107,6 +107,18 @@ def _resolve_device(device):
 
 
 # ---------------------------------------------------------------------- the model (numpy inference)
+def fit_source(fit: dict) -> str:
+    """Which predictor a few-shot fit (:func:`fit_state`) put in place, in words."""
+    res = fit.get("op_residual")
+    if not res:
+        return "few-shot fit"
+    if res.get("mode") == "replace":
+        what = ("whole-graph op count/GMACs/MB" if res.get("model") == "totals"
+                else f"{len(res['classes'])} op classes")
+        return f"few-shot linear op-count model ({what}; leave-one-out preferred it to the adapted MLP)"
+    return f"few-shot fit + op-class residual ({len(res['classes'])} classes)"
+
+
 class LatencyModel:
     """Trained weights + device table; numpy float64 inference."""
 
@@ -183,18 +195,12 @@ class LatencyModel:
         when the fit kept one, the op-class residual (:func:`fit_op_residual`)."""
         r = np.asarray(fit["residual"], dtype=np.float64)
         st = {"z": self.z_from(raw, r), "a": float(fit.get("log_offset", 0.0)),
-              "b": float(fit.get("log_scale", 1.0)), "source": "few-shot fit"}
+              "b": float(fit.get("log_scale", 1.0)), "source": fit_source(fit)}
         res = fit.get("op_residual")
         if res:
             st["opres"] = opres_state(res)
             if res.get("mode") == "replace":  # a linear model stands in for the MLP on this device
                 st.update(a=0.0, b=1.0, opres_overhead=float(res["overhead_ms"]), mlp_ab=(st["a"], st["b"]))
-                what = ("whole-graph op count/GMACs/MB" if res.get("model") == "totals"
-                        else f"{len(res['classes'])} op classes")
-                st["source"] = (f"few-shot linear op-count model ({what}; leave-one-out "
-                                f"preferred it to the adapted MLP)")
-            else:
-                st["source"] += f" + op-class residual ({len(res['classes'])} classes)"
         return st
 
     def z_from(self, raw: np.ndarray, residual: np.ndarray, clip: float | None = None) -> np.ndarray:
@@ -900,10 +906,17 @@ def fit_state(m: LatencyModel, mats: list, y: np.ndarray, raw: np.ndarray, *, st
         mlp_loo = np.exp(lpred[1:][np.arange(k), np.arange(k)])
         res = fit_op_residual(m, mats, y, m.state_from_fit(raw, fit), mlp_loo_ms=mlp_loo)
         fit["mlp_loo_rel_rmse"] = round(float(np.sqrt(np.mean(((y - mlp_loo) / y) ** 2))), 5)
+        loo = fit["mlp_loo_rel_rmse"]
         if res is not None:
             fit["op_residual"] = res
             p = predict_matrices(mats, m.state_from_fit(raw, fit), m)
             fit["fit_rmse_log"] = round(float(np.sqrt(np.mean((np.log(p) - np.log(y)) ** 2))), 5)
+            if res["mode"] == "replace":
+                loo = res["loo_rel_rmse"]
+            elif res["none_rel_rmse"] > 0:  # the residual's gain over the in-sample MLP, applied to the honest MLP
+                loo = min(loo, loo * res["loo_rel_rmse"] / res["none_rel_rmse"])
+        # what a user can expect on models like the measured ones
+        fit["loo_rel_rmse"] = round(float(loo), 5)
     return fit
 
 
@@ -967,8 +980,10 @@ def fit_device(pairs, *, name: str = "fitted-device", base=None, device_id: str 
     fit["models"] = [str(ref) if not hasattr(ref, "graph") else "graph" for ref, _ in pairs]
     data["provenance"] = {"source": "edgepass device fit", "licence": "user", "kind": "measured",
                           FIT_KEY: fit}
+    quality = (f"leave-one-out error {100 * fit['loo_rel_rmse']:.1f} % RMS" if "loo_rel_rmse" in fit
+               else f"log-RMSE on them {fit['fit_rmse_log']}; too few for a leave-one-out estimate")
     data["notes"] = (data.get("notes") or "") + (f" Latency predictor adapted from {len(pairs)} measured models "
-                                                 f"(edgepass device fit; log-RMSE on them {fit['fit_rmse_log']}).")
+                                                 f"(edgepass device fit; {quality}).")
     data["notes"] = data["notes"].strip()
     return Device.from_dict(data, origin="fitted device")
 

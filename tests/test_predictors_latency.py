@@ -147,10 +147,15 @@ def test_cli_device_fit(tmp_path, capsys):
     csv = tmp_path / "m.csv"
     csv.write_text("model,latency_ms\n" + "".join(f"{s},{v}\n" for s, v in zip(specs, (9.0, 1.0, 3.0, 4.0))))
     out = tmp_path / "dev.json"
+    capsys.readouterr()
     assert main(["device", "fit", str(csv), "--name", "My board", "-o", str(out)]) == 0
     dev = get_device(str(out))
     fit = dev.provenance["latency_fit"]
     assert fit["k"] == 4 and len(fit["residual"]) == L.load_model().a["R"].shape[1]
+    # the user is told what to expect on unseen models: the leave-one-out error of the kept predictor
+    printed = capsys.readouterr().out
+    assert f"leave-one-out error {100 * fit['loo_rel_rmse']:.1f} % RMS" in printed and fit["loo_rel_rmse"] > 0
+    assert "leave-one-out error" in dev.notes
     assert main(["predict", specs[0], "--device", str(out)]) == 0
     capsys.readouterr()
     empty = tmp_path / "e.csv"
