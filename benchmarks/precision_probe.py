@@ -3,6 +3,7 @@ and accuracy kept on the bundled digits model (ONNX and FX back ends).
 
     python benchmarks/precision_probe.py [--models resnet18,mobilenet_v2] [--rounds 30] [--no-fx]
                                          [--json benchmarks/out/precision_probe.json]
+    python benchmarks/precision_probe.py --pools     # fp32 vs onnxruntime's int8 pooling kernels
 
 Latency: onnxruntime CPU provider, ``intra_op_num_threads=1``, ``ORT_ENABLE_ALL``, batch 1, random
 weights (``weights=None``; latency does not depend on the values). All variants of a model live
@@ -69,6 +70,56 @@ def interleaved(sessions: dict, feed: dict, rounds: int) -> dict:
             s.run(None, feed)
             times[k].append((time.perf_counter() - t) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+POOLS = {"AveragePool 3x3/1": ("AveragePool", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=0)),
+         "AveragePool 2x2/2": ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2])),
+         "MaxPool 3x3/2": ("MaxPool", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])),
+         "GlobalAveragePool": ("GlobalAveragePool", {})}
+
+
+def _pool_model(op: str, attrs: dict, shape: list, qdq: bool, pool: bool = True) -> onnx.ModelProto:
+    """x -> [Q -> DQ] -> pool -> [Q -> DQ] -> y: with ``qdq`` onnxruntime fuses the pool into its int8
+    kernel (QLinearAveragePool, uint8 MaxPool), as it does for a pool the precision pass puts in an
+    int8 region; ``pool=False`` keeps only the conversions, whose cost is subtracted."""
+    from onnx import TensorProto, helper
+
+    nodes, inits, cur = [], [], "x"
+
+    def qdq_pair(src, tag):
+        nodes.extend([helper.make_node("QuantizeLinear", [src, "s", "z"], [f"{tag}q"]),
+                      helper.make_node("DequantizeLinear", [f"{tag}q", "s", "z"], [f"{tag}d"])])
+        return f"{tag}d"
+    if qdq:
+        inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.02]), helper.make_tensor("z", TensorProto.UINT8, [], [128])]
+        cur = qdq_pair(cur, "in")
+    if pool:
+        nodes.append(helper.make_node(op, [cur], ["p"], **attrs))
+        cur = "p"
+    if qdq:
+        cur = qdq_pair(cur, "out")
+    nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    g = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def pool_latency(rounds: int, tmp: Path) -> list[dict]:
+    """Why AveragePool is not int8 glue (passes/precision_onnx.py): each pool at fp32 and in onnxruntime's
+    int8 kernel with the Q/DQ around it, and those conversions alone (same rounds). In a model the
+    conversions are shared by the int8 region, so the pool's own cost is roughly the difference (for
+    GlobalAveragePool the int8 graph converts a 1x1 output only, so the difference is meaningless)."""
+    rows = []
+    for shape in ([1, 16, 32, 32], [1, 64, 56, 56], [1, 256, 14, 14]):
+        feed = {"x": np.random.default_rng(0).random(shape, dtype=np.float32)}
+        for label, (op, attrs) in POOLS.items():
+            sessions = {k: session(_pool_model(op, attrs, shape, q, pool), tmp, f"{op}{k}")[0]
+                        for k, q, pool in (("fp32", False, True), ("int8", True, True), ("conv", True, False))}
+            ms = interleaved(sessions, feed, rounds)
+            rows.append({"pool": label, "shape": "x".join(map(str, shape[1:])), "fp32_us": round(ms["fp32"] * 1e3, 1),
+                         "int8_with_qdq_us": round(ms["int8"] * 1e3, 1), "qdq_alone_us": round(ms["conv"] * 1e3, 1),
+                         "int8_net_over_fp32": round(max(ms["int8"] - ms["conv"], 0.0) / ms["fp32"], 2)})
+    return rows
 
 
 def onnx_latency(name: str, rounds: int, tmp: Path) -> list[dict]:
@@ -197,10 +248,20 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--no-fx", action="store_true", help="skip the torch FX latency rows")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--pools", action="store_true", help="only the pooling table (fp32 vs onnxruntime's int8 pools)")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     ort.set_default_logger_severity(3)
     lat: list = []
+    if args.pools:
+        with tempfile.TemporaryDirectory() as tmp:
+            pools = pool_latency(max(args.rounds, 100), Path(tmp))
+        print(f"pooling alone, 1 thread, median of {max(args.rounds, 100)} interleaved rounds; int8 = onnxruntime's "
+              f"int8 pool between Q/DQ, net = (int8 with Q/DQ - Q/DQ alone) / fp32 (onnxruntime {ort.__version__})")
+        print_table(pools, ["pool", "shape", "fp32_us", "int8_with_qdq_us", "qdq_alone_us", "int8_net_over_fp32"])
+        if args.json:
+            write_json(Path(args.json).name, {"pools": pools})
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             lat += onnx_latency(name, args.rounds, Path(tmp))

@@ -9,11 +9,18 @@ CPU (AVX-512 VNNI, onnxruntime 1.32, 1 thread, see ``benchmarks/precision_probe.
   and runs it on the VNNI u8*s8 dot product (no saturation with VNNI, so no ``reduce_range``).
   With int8 activations (S8S8) it left about half of resnet18's convs as fp32 ``Conv`` between
   Q/DQ pairs and was no faster than fp32;
-- the parameter-free ops *between* int8 layers (ReLU/Clip, Add, pooling, reshapes, concat) are
-  quantized too ("glue"): otherwise every int8 layer's output bounces through DequantizeLinear ->
-  fp32 op -> QuantizeLinear, which cost mobilenet_v2 more than half of its int8 speed-up. Only
-  ops whose every activation input already comes from the int8 region are glue, so no fp32 layer
-  ever gets a quantized weight;
+- the parameter-free ops *between* int8 layers (ReLU/Clip, Add, max/global pooling, reshapes,
+  concat) are quantized too ("glue"): otherwise every int8 layer's output bounces through
+  DequantizeLinear -> fp32 op -> QuantizeLinear, which cost mobilenet_v2 more than half of its int8
+  speed-up. Only ops whose every activation input already comes from the int8 region are glue, so
+  no fp32 layer ever gets a quantized weight;
+- except ``AveragePool``: onnxruntime has no NHWC int8 average pool (MaxPool becomes the fast
+  ``NhwcMaxPool`` next to QLinearConvs), and its ``QLinearAveragePool`` is 3-18x slower than the
+  fp32 pool plus the conversions (``benchmarks/precision_probe.py --pools``). As glue it made an
+  NB201 design with 7 int8 convs 7.8x slower than fp32 (47 pools in the closure); left fp32 the
+  same design runs at 1.0x, another goes 1.22x -> 0.70x, densenet121 all-int8 0.45x -> 0.41x.
+  (A pool whose consumer is an int8 layer still gets fused into QLinearAveragePool by onnxruntime:
+  the layer's input Q/DQ surrounds it);
 - MinMax calibration by default (best measured accuracy on the bundled digits model; ``Entropy``
   and ``Percentile`` are available through ``calibrate_method``).
 
@@ -49,7 +56,7 @@ from .base import PostconditionError, PreconditionError, RewritePass
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # parameter-free ops that stay in the int8 region when all their activation inputs come from it
-GLUE_OPS = frozenset({"Relu", "Clip", "Add", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape",
+GLUE_OPS = frozenset({"Relu", "Clip", "Add", "MaxPool", "GlobalAveragePool", "Flatten", "Reshape",
                       "Squeeze", "Unsqueeze", "Transpose", "Concat", "Resize", "Split", "Sigmoid", "Mul",
                       "LeakyRelu"})
 # op types onnxruntime fuses into int8 kernels (QLinearSigmoid, QLinearMul, ...) when wrapped in Q/DQ;

@@ -906,17 +906,17 @@ def fit_state(m: LatencyModel, mats: list, y: np.ndarray, raw: np.ndarray, *, st
         mlp_loo = np.exp(lpred[1:][np.arange(k), np.arange(k)])
         res = fit_op_residual(m, mats, y, m.state_from_fit(raw, fit), mlp_loo_ms=mlp_loo)
         fit["mlp_loo_rel_rmse"] = round(float(np.sqrt(np.mean(((y - mlp_loo) / y) ** 2))), 5)
-        loo = fit["mlp_loo_rel_rmse"]
+        expected = fit["mlp_loo_rel_rmse"]
         if res is not None:
             fit["op_residual"] = res
             p = predict_matrices(mats, m.state_from_fit(raw, fit), m)
             fit["fit_rmse_log"] = round(float(np.sqrt(np.mean((np.log(p) - np.log(y)) ** 2))), 5)
             if res["mode"] == "replace":
-                loo = res["loo_rel_rmse"]
+                expected = res["loo_rel_rmse"]
             elif res["none_rel_rmse"] > 0:  # the residual's gain over the in-sample MLP, applied to the honest MLP
-                loo = min(loo, loo * res["loo_rel_rmse"] / res["none_rel_rmse"])
+                expected = min(expected, expected * res["loo_rel_rmse"] / res["none_rel_rmse"])
         # what a user can expect on models like the measured ones
-        fit["loo_rel_rmse"] = round(float(loo), 5)
+        fit["loo_rel_rmse"] = round(float(expected), 5)
     return fit
 
 

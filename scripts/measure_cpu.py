@@ -441,7 +441,16 @@ def _remeasure(out: Path, minutes: float, key: str, specs: list[str], jobs) -> i
 
 
 # ------------------------------------------------------------------ one-campaign re-measurement (issue 5)
-def remeasure_all(out: Path, threads: int, rounds: int, seconds: float, work: Path, seed: int = 0) -> int:
+def _has_op(spec: str, op_type: str, cache: dict) -> bool:
+    if spec not in cache:
+        import onnx
+
+        cache[spec] = any(n.op_type == op_type for n in onnx.load_from_string(realize(spec, "")[0]).graph.node)
+    return cache[spec]
+
+
+def remeasure_all(out: Path, threads: int, rounds: int, seconds: float, work: Path, seed: int = 0,
+                  only_int8_with_op: str | None = None) -> int:
     """Re-time every row of ``local/cpu-ort-<threads>t`` that trains the predictor (identity fp32 and
     design rows; the naive whole-model int8 rows are skipped) in one campaign.
 
@@ -452,7 +461,11 @@ def remeasure_all(out: Path, threads: int, rounds: int, seconds: float, work: Pa
     all models, for ``seconds / rounds`` each (at least 10 runs): a transient load spike hits one
     round of a model, not all of them. The row's median/quartiles/min pool every round's runs;
     ``rounds_ms`` keeps each round's median, so that benchmarks can tell how far two measurements of
-    the same model disagree (the ceiling of any "within 10 % of measured" figure)."""
+    the same model disagree (the ceiling of any "within 10 % of measured" figure).
+
+    ``only_int8_with_op``: only the design rows with int8 layers whose model has this op type --
+    the rows a change of the precision pass around that op made stale (``AveragePool``: it stopped
+    being int8 glue)."""
     import hashlib
     import logging
 
@@ -467,6 +480,9 @@ def remeasure_all(out: Path, threads: int, rounds: int, seconds: float, work: Pa
     rows, nodes = load_done(out)
     meta = json.loads((out / "cpu_ort_meta.json").read_text())
     keep = [r for r in rows if r["device"] == dev and not (r["precision"] == "int8" and not r["design"])]
+    if only_int8_with_op:
+        has: dict = {}
+        keep = [r for r in keep if '"int8"' in r["design"] and _has_op(r["spec"], only_int8_with_op, has)]
     keep.sort(key=lambda r: (r["spec"], r["design"]))  # one design space build per spec
     work.mkdir(parents=True, exist_ok=True)
 
@@ -511,12 +527,14 @@ def remeasure_all(out: Path, threads: int, rounds: int, seconds: float, work: Pa
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t0)),
         "cpu": cpu_model(), "nproc": os.cpu_count(), "remeasure_all": dev, "models_measured": len(new),
         "rounds": rounds, "seconds_per_model": seconds, "build_s": round(build_s, 1), "measure_s": round(time.time() - t1, 1),
+        **({"only_int8_with_op": only_int8_with_op} if only_int8_with_op else {}),
         "median_new_over_old": round(float(np.median(ratio)), 4),
         "within10_new_vs_old": round(float(np.mean(np.abs(np.array(ratio) - 1) <= 0.10)), 4),
         "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    meta["protocol"][f"remeasured_{threads}t"] = (
-        f"every {dev} row except the naive int8 ones re-timed in one campaign: {rounds} interleaved rounds "
-        f"(seeded shuffles) of >= {seconds / rounds:g} s and >= 10 runs per model, statistics over all rounds' runs")
+    if not only_int8_with_op:
+        meta["protocol"][f"remeasured_{threads}t"] = (
+            f"every {dev} row except the naive int8 ones re-timed in one campaign: {rounds} interleaved rounds "
+            f"(seeded shuffles) of >= {seconds / rounds:g} s and >= 10 runs per model, statistics over all rounds' runs")
     flush(out, rows, nodes, meta)
     print(f"re-measured {len(new)} {dev} rows: new/old median {np.median(ratio):.3f}, "
           f"{np.mean(np.abs(np.array(ratio) - 1) <= 0.10):.1%} within 10 % of the old value", file=sys.stderr)
@@ -547,6 +565,8 @@ def main(argv=None) -> int:
                     help="re-measure the random designs of DESIGN_MODELS back to back with their fp32 identity")
     ap.add_argument("--remeasure-all", type=int, default=0, metavar="THREADS",
                     help="re-time every training row of local/cpu-ort-<THREADS>t in one campaign (see remeasure_all)")
+    ap.add_argument("--only-int8-with-op", default=None, metavar="OP_TYPE",
+                    help="--remeasure-all only the int8 design rows of models with this op (e.g. AveragePool)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --remeasure-all")
     ap.add_argument("--seconds", type=float, default=0.3, help="timed seconds per model in --remeasure-all (all rounds)")
     ap.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "edgepass-remeasure",
@@ -556,7 +576,8 @@ def main(argv=None) -> int:
                     help="only profile this machine and write the local/cpu-ort-{1,2}t device files")
     args = ap.parse_args(argv)
     if args.remeasure_all:
-        return remeasure_all(args.out, args.remeasure_all, args.rounds, args.seconds, args.work_dir, args.seed)
+        return remeasure_all(args.out, args.remeasure_all, args.rounds, args.seconds, args.work_dir, args.seed,
+                             args.only_int8_with_op)
     if args.fix_int8 or args.fix_designs:
         rc = fix_int8(args.out, args.fix_int8, args.seed) if args.fix_int8 else 0
         return rc or (fix_designs(args.out, args.fix_designs) if args.fix_designs else 0)

@@ -209,6 +209,47 @@ def test_onnx_int8_runs_int8_kernels(tiny_onnx, tmp_path):
     assert "QGemm" in ops or "QLinearMatMul" in ops
 
 
+class PoolNet(nn.Module):
+    """An int8 conv whose output goes through a 3x3 average pool to an fp32 conv, and through a max
+    pool to another int8 conv (NB201 cells, densenet transitions, resnet stems)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        a = self.conv2(nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
+        return a.mean((2, 3)) + self.conv3(nn.functional.max_pool2d(x, 3, 2, 1)).mean((2, 3))
+
+
+def test_onnx_int8_region_does_not_spread_into_average_pools(tmp_path):
+    """The int8 region grows through parameter-free glue, but not through AveragePool: onnxruntime's
+    QLinearAveragePool is 3-18x slower than the fp32 pool (as glue it made an NB201 design 7.8x
+    slower than fp32). A max pool between int8 convs is glue (onnxruntime runs it as NhwcMaxPool).
+    Outputs stay close to fp32."""
+    torch.manual_seed(0)
+    net = PoolNet().eval()
+    path = tmp_path / "pool.onnx"
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (smooth_images(1),), str(path), dynamo=False, opset_version=17,
+                          input_names=["x"], output_names=["y"])
+    r = PrecisionPassONNX({"conv1": "int8", "conv3": "int8"}, smooth_images(32))(ir.from_proto(onnx.load(str(path))))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(ir.to_proto(r.model).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 2
+    assert "QLinearAveragePool" not in ops and "MaxPool" not in ops   # max pool runs int8
+    x = smooth_images(1, seed=5).numpy()
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert cosine(run_onnx(r.model, x), ref) > 0.99
+
+
 def test_onnx_user_errors(tiny_onnx):
     model = ir.from_proto(tiny_onnx)
     with pytest.raises(InputError, match="unknown layer"):
