@@ -188,7 +188,8 @@ def measured_ms(proto, *, runs: int = 100, repeats: int = 3, min_seconds: float 
 
 def to_latency(model, kind: str, target_ms: float, *, calibration=None, tol: float = 0.05, steps: int = 8,
                grid_points: int = 9, max_brackets: int = 3, runs: int = 100, repeats: int = 3,
-               min_seconds: float = 0.1, space=None, reconstruct: bool | None = None) -> BaselineResult:
+               min_seconds: float = 0.1, space=None, reconstruct: bool | None = None,
+               measure=None) -> BaselineResult:
     """Baseline ``kind`` of the ONNX ``model`` tuned to ``target_ms`` measured on this CPU.
 
     The parameter (in ``[MIN_PARAM, 1]``) is measured on a grid of ``grid_points``; the largest one
@@ -196,7 +197,9 @@ def to_latency(model, kind: str, target_ms: float, *, calibration=None, tol: flo
     largest parameter first) are bisected ``steps`` times each; failing that, the closest model measured is returned with
     ``within=False`` (e.g. a target below what the narrowest model reaches). The search measures
     statistics-matched models; the one returned gets the recovery ``reconstruct`` asks for (as in
-    :func:`edgepass.apply`; weights only, so its latency is the one measured)."""
+    :func:`edgepass.apply`; weights only, so its latency is the one measured). ``measure``: a
+    function ONNX model -> ms to use instead of timing on this CPU (:func:`measured_ms` with
+    ``runs``/``repeats``/``min_seconds``), e.g. a predictor, or a fixed cost model in tests."""
     from .frontends.onnx import analyze_onnx, load_model
     from .space import build_space
 
@@ -218,14 +221,19 @@ def to_latency(model, kind: str, target_ms: float, *, calibration=None, tol: flo
 
     cache: dict = {}
 
+    def timed(m) -> float:
+        if measure is not None:
+            return float(measure(m))
+        return measured_ms(m, runs=runs, repeats=repeats, min_seconds=min_seconds)
+
     def evaluate(p):
         d = design_of(p)
         key = d.to_json()
         if key not in cache:
             m = realise(proto, space, d, calibration, reconstruct=False)
-            ms = measured_ms(m, runs=runs, repeats=repeats, min_seconds=min_seconds)
+            ms = timed(m)
             if abs(ms / target_ms - 1) <= tol:   # a hit is confirmed by a second measurement (shared CPUs)
-                ms = float(np.median([ms, measured_ms(m, runs=runs, repeats=repeats, min_seconds=min_seconds)]))
+                ms = float(np.median([ms, timed(m)]))
             cache[key] = (m, ms, d)
         return cache[key]
 

@@ -48,43 +48,56 @@ def test_uniform_and_magnitude_designs(small_onnx):
     assert any(d.widths[g.id] < g.width for g in space.groups if g.id != strong)
 
 
+def _mac_cost(model) -> float:
+    """A deterministic latency stand-in for the tuner tests: MMACs of the model (a staircase in the
+    parameter, as widths move in blocks)."""
+    return edgepass.analyze(model).macs / 1e6
+
+
 @pytest.mark.parametrize("kind", ["uniform", "magnitude"])   # uniform+int8: the uniform tuner
 def test_baselines_reach_target_latency(small_onnx, kind):
-    """The tuner finds a design of the family within 5 % of a latency the family can reach.
-
-    Latency on this CPU is a staircase in width (blocked kernels) and not even monotone (a width
-    that is a multiple of 16 can beat a narrower one), so the target is one the family is known to
-    reach: the measured latency of its own half-size member, at a parameter the tuner's grid
-    measures (with 0.45 the bisection never landed on it, and its neighbours measured 20 % slower:
-    2 failures in 10 runs). (A margin above it, e.g. 1.03 x, would leave only ~2 % of measurement
-    noise before the member's own step falls more than 5 % under the target.)"""
+    """The tuner finds the largest design of the family within 5 % of a target between its grid
+    points (by bisection), on a deterministic cost: the measured-latency version of this goal is
+    checked by benchmarks/quality.py (``within_5pct``), because on this shared machine the same
+    model measured 0.263 ms inside the tuner and 0.318 ms seconds earlier (3 of 12 runs of a timed
+    version of this test failed)."""
     proto, cal = small_onnx
     space = fine_space(edgepass.design_space(proto))
-    p_half = float(np.linspace(MIN_PARAM, 1.0, 9)[4])   # 0.51: to_latency's default grid
+    grid = np.linspace(MIN_PARAM, 1.0, 9)
+    p_ref = float((grid[3] + grid[4]) / 2)   # between two grid points: only bisection gets there
     if kind == "magnitude":
-        half = magnitude_design(space, global_channel_scores(space, proto), p_half)
+        ref = magnitude_design(space, global_channel_scores(space, proto), p_ref)
     else:
-        half = uniform_design(space, p_half, precision="int8" if "int8" in kind else None)
-    reference = realise(proto, space, half, cal)
-    # retries: on a shared 2-core machine a burst can mislead one tuning run, or shift the target
-    for attempt in range(3):
-        # the target is measured longer than the tuner measures each candidate
+        ref = uniform_design(space, p_ref)
+    target = _mac_cost(realise(proto, space, ref, cal))
+    r = to_latency(proto, kind, target, calibration=cal, measure=_mac_cost)
+    assert r.within and abs(r.measured_ms / target - 1) <= 0.05, (r.measured_ms, target, r.trace)
+    assert abs(_mac_cost(r.model) / r.measured_ms - 1) < 1e-9       # the model returned is the one measured
+    on_grid = [ms for p, ms in r.trace if p is not None and np.isclose(grid, p).any()]
+    if not any(abs(ms / target - 1) <= 0.05 for ms in on_grid):        # magnitude here: it had to bisect
+        assert any(grid[3] < p < grid[4] for p, _ in r.trace if p is not None)
+    assert r.model is not proto and r.macs < space.graph.macs
+
+
+def test_baseline_tuner_on_measured_latency(small_onnx):
+    """The same tuner timing models on this CPU: the model it returns runs, side by side with the
+    reference (interleaved, so a noisy neighbour slows both alike), near the reference's latency.
+    Loose bound: this is a check that the measured path works; the 5 % figures are benchmarks'."""
+    proto, cal = small_onnx
+    space = fine_space(edgepass.design_space(proto))
+    reference = realise(proto, space, uniform_design(space, float(np.linspace(MIN_PARAM, 1.0, 9)[4])), cal)
+    for attempt in range(2):    # a burst on the shared machine can mislead one tuning run
         target = measured_ms(reference, runs=200, repeats=5, min_seconds=0.3)
-        r = to_latency(proto, kind, target, calibration=cal)
-        # the tuned model side by side with the reference, interleaved so that a noisy neighbour
-        # slows both alike: this is the "within 5 %" that matters. (The tuner's own verdict compares
-        # with a target measured seconds earlier; here the same design measured 0.263 ms inside the
-        # tuner and 0.295 ms as the target, so its verdict is only held to 10 %.)
+        r = to_latency(proto, "uniform", target, calibration=cal)
         ref_ms, got_ms = [], []
         for _ in range(5):
             ref_ms.append(measured_ms(reference, runs=200, repeats=1))
             got_ms.append(measured_ms(r.model, runs=200, repeats=1))
         ratio = np.median(got_ms) / np.median(ref_ms)
-        if abs(ratio - 1) <= 0.05:
+        if abs(ratio - 1) <= 0.25 and abs(r.measured_ms / target - 1) <= 0.25:
             break
-    assert abs(ratio - 1) <= 0.05, (got_ms, ref_ms, r.trace)
-    assert abs(r.measured_ms / target - 1) <= 0.10, (r.measured_ms, target, r.trace)
-    assert r.model is not proto and r.macs < space.graph.macs
+    assert abs(ratio - 1) <= 0.25, (got_ms, ref_ms, r.trace)
+    assert abs(r.measured_ms / target - 1) <= 0.25, (r.measured_ms, target, r.trace)
 
 
 def test_int8_baseline_and_errors(small_onnx):
