@@ -38,6 +38,10 @@ LODO = ["mmb/pixel4-1large-tflite-fp32", "mmb/pixel4-1large-tflite-int8", "mmb/s
         "eagle/jetson-nano-fp16", "nnmeter/adreno640-gpu", "nnmeter/pixel4-a76-cpu", "anb/zcu102",
         "help/titanxp-b1", "hwnasbench/jetson-tx2", "help/galaxy-s7"]
 K = 10
+# the few_shot() columns averaged into each table's MEAN row
+FEW_SHOT_MEANS = ("spearman", "within10", "spearman_mlp_only", "within10_mlp_only", "op_residual_kept", "count_model",
+                  "spearman_noadapt", "base_spearman", "base_within10", "counts_spearman", "counts_within10",
+                  "loo_rel_rmse", "test_rel_rmse")
 
 
 def spearman(a, b) -> float:
@@ -347,11 +351,7 @@ def main(argv=None) -> int:
             row["help_reported"] = HELP_REPORTED.get(space, {}).get(name)
             out.append(row)
         if out:
-            out.append({"device": "MEAN", **{k: float(np.mean([o[k] for o in out])) for k in
-                                            ("spearman", "within10", "spearman_mlp_only", "within10_mlp_only",
-                                             "op_residual_kept", "count_model", "spearman_noadapt", "base_spearman",
-                                             "base_within10", "counts_spearman", "counts_within10", "loo_rel_rmse",
-                                             "test_rel_rmse")},
+            out.append({"device": "MEAN", **{k: float(np.mean([o[k] for o in out])) for k in FEW_SHOT_MEANS},
                         "help_reported": 0.932 if space == "nb201" else 0.910})
         res["help"][space] = out
         table(f"(a) HELP protocol, {space}: {K} measured archs, evaluated on the rest of the featurized subset; "
@@ -359,7 +359,7 @@ def main(argv=None) -> int:
               f"(op_residual_kept = share of draws where leave-one-out kept it, count_model = share where an op-count "
               f"model replaced the MLP), noadapt = device features only, "
               f"base_* = lstsq on FLOPs/bytes/op count, counts_* = ridge on op counts per class, loo_rel_rmse = the "
-          f"error `edgepass device fit` reports (leave-one-out on the {K}), test_rel_rmse = the error on the rest",
+              f"error `edgepass device fit` reports (leave-one-out on the {K}), test_rel_rmse = the error on the rest",
               out, ["device", "n_eval", "spearman", "within10", "spearman_mlp_only", "within10_mlp_only",
                     "op_residual_kept", "count_model", "spearman_noadapt", "base_spearman", "base_within10", "counts_spearman",
                     "counts_within10", "help_reported", "fit_s", "loo_rel_rmse", "test_rel_rmse"])
@@ -389,10 +389,7 @@ def main(argv=None) -> int:
         out.append(row)
         print(f"  (b) {dev}: {time.time() - t:.0f} s", file=sys.stderr)
     ok = [o for o in out if "spearman" in o]
-    keys = ("spearman", "within10", "spearman_mlp_only", "within10_mlp_only", "op_residual_kept", "count_model",
-            "spearman_noadapt",
-            "base_spearman", "base_within10", "counts_spearman", "counts_within10", "a1_rho", "a1_w10",
-            "loo_rel_rmse", "test_rel_rmse")
+    keys = FEW_SHOT_MEANS + ("a1_rho", "a1_w10")
     out.append({"device": "MEAN", **{k: float(np.nanmean([o.get(k, np.nan) for o in ok])) for k in keys}})
     res["lodo"] = out
     table(f"(b) held-out devices (never in training), {K} samples each, mean of {args.seeds} draws: approach 2 = "

@@ -149,11 +149,8 @@ def _cmd_fit(args) -> int:
     dev = fit_device(measurements, name=args.name, base=args.base, device_id=args.device_id, precision=precision)
     dev.save(args.output)
     fit = dev.provenance["latency_fit"]
-    from .predictors.latency import fit_source
+    from .predictors.latency import fit_quality, fit_source
 
-    what = fit_source(fit)
-    loo = (f"leave-one-out error {100 * fit['loo_rel_rmse']:.1f} % RMS" if "loo_rel_rmse" in fit
-           else "fewer than 4 models: no leave-one-out estimate")
-    print(f"wrote {args.output}: {dev.id}, fitted on {fit['k']} models; predictor: {what}; {loo} "
-          f"(log-RMSE on the measured models {fit['fit_rmse_log']})")
+    print(f"wrote {args.output}: {dev.id}, fitted on {fit['k']} models; predictor: {fit_source(fit)}; "
+          f"{fit_quality(fit)}")
     return 0

@@ -681,6 +681,8 @@ def fit_op_residual(m: LatencyModel, mats: list, y, state: dict, *, margin: floa
     # in-sample error (the residual is fitted on top of the MLP fitted to all k)
     mlp_err = float(np.mean(((y - np.asarray(mlp_loo_ms, dtype=np.float64)) / y) ** 2))
     ref = min(mlp_err, err * mlp_err / none_err) if kept and none_err > 0 else mlp_err
+    if out is not None:
+        out["expected_rel_rmse"] = round(math.sqrt(ref), 5)
     n_cls = len(classes)
     for name, C in (("counts", F[:, 0::3]), ("totals", F.reshape(len(F), n_cls, 3).sum(1))):
         y_err, lin = _linear_model(np.c_[C, np.ones(len(F))], y, alphas)
@@ -695,7 +697,8 @@ def fit_op_residual(m: LatencyModel, mats: list, y, state: dict, *, margin: floa
             w, cls = lin[None, :-1], ["*"]
         out = {"mode": "replace", "model": name, "classes": cls, "w": w.round(9).tolist(),
                "overhead_ms": float(lin[-1]), "loo_rel_rmse": round(math.sqrt(y_err), 5),
-               "none_rel_rmse": round(math.sqrt(none_err), 5), "mlp_loo_rel_rmse": round(math.sqrt(mlp_err), 5)}
+               "none_rel_rmse": round(math.sqrt(none_err), 5), "mlp_loo_rel_rmse": round(math.sqrt(mlp_err), 5),
+               "expected_rel_rmse": round(math.sqrt(y_err), 5)}
     return out
 
 
@@ -906,18 +909,22 @@ def fit_state(m: LatencyModel, mats: list, y: np.ndarray, raw: np.ndarray, *, st
         mlp_loo = np.exp(lpred[1:][np.arange(k), np.arange(k)])
         res = fit_op_residual(m, mats, y, m.state_from_fit(raw, fit), mlp_loo_ms=mlp_loo)
         fit["mlp_loo_rel_rmse"] = round(float(np.sqrt(np.mean(((y - mlp_loo) / y) ** 2))), 5)
-        expected = fit["mlp_loo_rel_rmse"]
         if res is not None:
             fit["op_residual"] = res
             p = predict_matrices(mats, m.state_from_fit(raw, fit), m)
             fit["fit_rmse_log"] = round(float(np.sqrt(np.mean((np.log(p) - np.log(y)) ** 2))), 5)
-            if res["mode"] == "replace":
-                expected = res["loo_rel_rmse"]
-            elif res["none_rel_rmse"] > 0:  # the residual's gain over the in-sample MLP, applied to the honest MLP
-                expected = min(expected, expected * res["loo_rel_rmse"] / res["none_rel_rmse"])
-        # what a user can expect on models like the measured ones
-        fit["loo_rel_rmse"] = round(float(expected), 5)
+        # what a user can expect on models like the measured ones: the honest leave-one-out error of
+        # the predictor kept (fit_op_residual's estimate when it kept a residual or linear model)
+        fit["loo_rel_rmse"] = res["expected_rel_rmse"] if res is not None else fit["mlp_loo_rel_rmse"]
     return fit
+
+
+def fit_quality(fit: dict) -> str:
+    """What a few-shot fit promises on unmeasured models, and how well it fits the measured ones, in
+    words (CLI line and device notes)."""
+    loo = (f"leave-one-out error {100 * fit['loo_rel_rmse']:.1f} % RMS" if "loo_rel_rmse" in fit
+           else "fewer than 4 models: no leave-one-out estimate")
+    return f"{loo}; log-RMSE on the measured models {fit['fit_rmse_log']}"
 
 
 def read_measurements(path: str | Path) -> list[tuple[str, float]]:
@@ -980,10 +987,8 @@ def fit_device(pairs, *, name: str = "fitted-device", base=None, device_id: str 
     fit["models"] = [str(ref) if not hasattr(ref, "graph") else "graph" for ref, _ in pairs]
     data["provenance"] = {"source": "edgepass device fit", "licence": "user", "kind": "measured",
                           FIT_KEY: fit}
-    quality = (f"leave-one-out error {100 * fit['loo_rel_rmse']:.1f} % RMS" if "loo_rel_rmse" in fit
-               else f"log-RMSE on them {fit['fit_rmse_log']}; too few for a leave-one-out estimate")
     data["notes"] = (data.get("notes") or "") + (f" Latency predictor adapted from {len(pairs)} measured models "
-                                                 f"(edgepass device fit; {quality}).")
+                                                 f"(edgepass device fit; {fit_quality(fit)}).")
     data["notes"] = data["notes"].strip()
     return Device.from_dict(data, origin="fitted device")
 
@@ -1039,4 +1044,4 @@ def artifact_sha() -> str:
 
 
 __all__ = ["calibrate_on_designs", "fit_correction", "fit_op_residual", "correction_basis", "LatencyModel", "LatencyTable", "load_model", "predict", "predict_latency", "predict_many",
-           "fit_device", "fit_state", "read_measurements", "model_matrix", "device_raw_vector"]
+           "fit_device", "fit_quality", "fit_source", "fit_state", "read_measurements", "model_matrix", "device_raw_vector"]
