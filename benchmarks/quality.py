@@ -24,6 +24,11 @@ CPU (onnxruntime, 1 thread, median) it reports, with measured latencies:
     same recovery as compile): uniform width, int8 everywhere, uniform width + int8, magnitude
     pruning at a MACs target (global L1 ranking, FLOPs-guided); the width baselines also with
     batch-norm statistics only (the usual recipe), at the same design and latency.
+  * evolutionary search (``--no-search`` leaves it out): the same compile with ``method="search"``
+    (population 100 x 500 iterations on the same predictors, per target: the per-device search the
+    amortized optimizer replaces), same recovery and the same measured-latency loop; the median
+    optimize seconds per compile are recorded next to edgepass's (edgepass's first compile of a
+    net also trains its amortized optimizer, cached for the later ones).
 Part 2 (predictor). Spearman of the accuracy predictor (fitted on validation data; recalibration-
 aware vs not) against the measured accuracy after recalibration of held-out sampled designs on the
 test images, next to the MACs-only baseline (fewer MACs -> lower accuracy), and the noise ceiling:
@@ -143,11 +148,13 @@ def quiet(fn, *a, **kw):
         return fn(*a, **kw)
 
 
-def edgepass_at(proto, target_ms: float, fraction: float, cal, labels, *, tries: int = 5, net=None) -> dict:
+def edgepass_at(proto, target_ms: float, fraction: float, cal, labels, *, tries: int = 5, net=None,
+                method: str = "amortized") -> dict:
     """Compile to ``fraction`` of the predicted original latency, then correct the budget with the
     measured latency: scaled by target/measured until the target is bracketed, then bisected (the
     measured latency is a staircase in the design, so plain scaling oscillates). At most ``tries``
-    compiles; the closest model measured not over the target by more than TOL is kept."""
+    compiles; the closest model measured not over the target by more than TOL is kept. ``method``:
+    compile's optimizer (``"search"``: the evolutionary-search baseline, same options otherwise)."""
     from edgepass.compile import compile_with_report
 
     # with calibrate_latency the compile measures its candidates here and keeps those within the
@@ -158,13 +165,15 @@ def edgepass_at(proto, target_ms: float, fraction: float, cal, labels, *, tries:
     for _ in range(tries):
         if net is None:
             out, rep, feasible = quiet(compile_with_report, proto, DEVICE, latency_ms=budget, calibration_data=cal,
-                                       labels=labels, seed=0, measure=False, **EDGEPASS_OPTIONS)
+                                       labels=labels, seed=0, measure=False, method=method, **EDGEPASS_OPTIONS)
         else:   # PyTorch input (cheaper accuracy sweep: FX batch norms), the design realised on the ONNX
             _, rep, feasible = quiet(compile_with_report, net, DEVICE, latency_ms=budget, calibration_data=cal,
-                                     labels=labels, seed=0, measure=False, example_inputs=(torch.from_numpy(cal[:1]),))
+                                     labels=labels, seed=0, measure=False, method=method,
+                                     example_inputs=(torch.from_numpy(cal[:1]),))
             out = quiet(edgepass.apply, proto, edgepass.Design.from_dict(rep.design), calibration_data=cal)
         ms = measured_ms(out)
-        history.append({"budget_ms": budget, "measured_ms": ms, "feasible": feasible})
+        history.append({"budget_ms": budget, "measured_ms": ms, "feasible": feasible,
+                        "optimize_s": float(rep.seconds.get("optimize", 0.0))})
         entry = {"model": out, "report": rep, "measured_ms": ms}
         over = ms > target_ms * (1 + TOL)
         best_over = best is not None and best["measured_ms"] > target_ms * (1 + TOL)
@@ -200,8 +209,10 @@ def finetuned(net, proto, design: dict, cal, train_x, train_y, steps: int):
 
 
 def compare_at(name, net, proto, orig_ms, fraction, D, score, *, finetune_steps: int, kinds=KINDS,
-               compile_torch: bool = False, tries: int = 5) -> list[dict]:
-    """Rows: edgepass (3 recoveries) and every baseline at ``fraction`` x the original's measured latency."""
+               compile_torch: bool = False, tries: int = 5, search: bool = True) -> list[dict]:
+    """Rows: edgepass (its recoveries) and every baseline at ``fraction`` x the original's measured
+    latency; with ``search``, also the evolutionary search (compile with ``method="search"``: the
+    per-device search the amortized optimizer replaces, same predictors, recovery and budget loop)."""
     target = fraction * orig_ms
     rows = []
 
@@ -217,7 +228,8 @@ def compare_at(name, net, proto, orig_ms, fraction, D, score, *, finetune_steps:
                      net=net if compile_torch else None)
     design = ep["report"].design
     extra = {"compiles": len(ep["history"]), "history": ep["history"], "design": design,
-             "predicted_accuracy": ep["report"].predicted["accuracy"][1], "seconds": time.perf_counter() - t0}
+             "predicted_accuracy": ep["report"].predicted["accuracy"][1], "seconds": time.perf_counter() - t0,
+             "optimize_s": float(np.median([h["optimize_s"] for h in ep["history"]]))}
     plain = quiet(edgepass.apply, proto, edgepass.Design.from_dict(design), calibration_data=D["xval"],
                   recalibrate=False)
     row("edgepass (no recovery)", plain, measured_ms(plain))
@@ -237,6 +249,14 @@ def compare_at(name, net, proto, orig_ms, fraction, D, score, *, finetune_steps:
             m = quiet(realise, proto, fine_space(edgepass.design_space(proto)), edgepass.Design.from_dict(b.design),
                       D["xval"], reconstruct=False)
             row(f"baseline {kind} (statistics only)", m, b.measured_ms, {"param": b.param})
+    if search:
+        t0 = time.perf_counter()
+        ev = edgepass_at(proto, target, fraction, D["xval"], D.get("yval"), tries=tries,
+                         net=net if compile_torch else None, method="search")
+        row("baseline evolutionary search", ev["model"], ev["measured_ms"],
+            {"compiles": len(ev["history"]), "history": ev["history"], "design": ev["report"].design,
+             "seconds": time.perf_counter() - t0,
+             "optimize_s": float(np.median([h["optimize_s"] for h in ev["history"]]))})
     return rows
 
 
@@ -360,6 +380,7 @@ def summary(rows: list[dict], metric: str) -> list[dict]:
         def best(rs_):
             return max(rs_, key=lambda r: r[metric]) if rs_ else None
         bb, bu, bus = best(base), best(uni), best(uni_stats)
+        ev = next((r for r in rs if r["method"] == "baseline evolutionary search"), None)
         out.append({"net": key[0], "fraction": key[1], "edgepass": ep[metric], "edgepass_ms": ep["measured_ms"],
                     "best_edgepass": best_ep[metric], "best_baseline": bb[metric] if bb else None,
                     "best_baseline_is": bb["method"].replace("baseline ", "") if bb else None,
@@ -367,7 +388,10 @@ def summary(rows: list[dict], metric: str) -> list[dict]:
                     "minus_best_uniform": ep[metric] - bu[metric] if bu else None,
                     "minus_best_baseline": ep[metric] - bb[metric] if bb else None,
                     "best_uniform_stats_only": bus[metric] if bus else None,
-                    "minus_best_uniform_stats_only": ep[metric] - bus[metric] if bus else None})
+                    "minus_best_uniform_stats_only": ep[metric] - bus[metric] if bus else None,
+                    "search": ev[metric] if ev else None, "search_ms": ev["measured_ms"] if ev else None,
+                    "search_within_5pct": ev["within_5pct"] if ev else None,
+                    "optimize_s": ep.get("optimize_s"), "search_optimize_s": ev.get("optimize_s") if ev else None})
     return out
 
 
@@ -390,6 +414,7 @@ def main() -> int:
                     help="compile without measuring 4 designs first (ONNX digits rows; the torchvision rows "
                          "compile the PyTorch module and never calibrate)")
     ap.add_argument("--evaluate-top", type=int, default=None, help="compile's evaluate_top (default: its own)")
+    ap.add_argument("--no-search", action="store_true", help="leave out the evolutionary-search baseline")
     args = ap.parse_args()
     EDGEPASS_OPTIONS.update(calibrate_latency=not args.no_calibrate_latency, evaluate_top=args.evaluate_top)
     if args.quick:
@@ -418,7 +443,7 @@ def main() -> int:
                                 "accuracy": base_acc})
         for f in fractions:
             payload["rows"] += compare_at(name, net, proto, orig_ms, f, D, score,
-                                          finetune_steps=args.finetune_steps)
+                                          finetune_steps=args.finetune_steps, search=not args.no_search)
             print(f"[{name}] {f:.2f} done", file=sys.stderr)
         if args.predictor_designs:
             payload["predictor"].append(predictor_study(name, proto, D, args.predictor_designs))
@@ -432,7 +457,8 @@ def main() -> int:
         print_table(payload["summary"], ["net", "fraction", "edgepass_ms", "edgepass", "best_edgepass",
                                          "best_baseline", "best_baseline_is", "best_uniform", "minus_best_uniform",
                                          "minus_best_baseline", "best_uniform_stats_only",
-                                         "minus_best_uniform_stats_only"])
+                                         "minus_best_uniform_stats_only", "search", "search_ms",
+                                         "optimize_s", "search_optimize_s"])
     if payload["predictor"]:
         print("\n== accuracy predictor: Spearman vs measured (recalibrated) accuracy of held-out designs ==")
         print_table(payload["predictor"], ["net", "designs", "correction", "spearman_predictor_recal_aware",
@@ -452,7 +478,8 @@ def main() -> int:
         Dtv = {"xval": calib, "yval": None}
         for f in [float(x) for x in args.tv_fractions.split(",")]:
             tv_rows += compare_at(arch, net, proto, orig_ms, f, Dtv, fidelity_score(ref, evalx), finetune_steps=0,
-                                  compile_torch=args.tv_compile == "torch", tries=args.tv_tries)
+                                  compile_torch=args.tv_compile == "torch", tries=args.tv_tries,
+                                  search=not args.no_search)
             print(f"[{arch}] {f:.2f} done", file=sys.stderr)
     if tv_rows:
         payload["torchvision"] = tv_rows
