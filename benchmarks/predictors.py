@@ -243,7 +243,7 @@ def section_cpu(model, D, cpu_held):
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     from edgepass.devices import get_device
-    from edgepass.predictors.latency import fit_correction, fit_op_residual, opres_state, predict_matrices
+    from edgepass.predictors.latency import fit_correction, fit_op_net, fit_op_residual, opres_state, predict_matrices
 
     rows_d = np.asarray(D.rows_d)
     out, noise_all = [], {}
@@ -252,7 +252,7 @@ def section_cpu(model, D, cpu_held):
         te = np.nonzero((rows_d == dev) & cpu_held)[0]
         if len(te) == 0 or len(tr) < 20:
             continue
-        st = {k: v for k, v in model.device_state(get_device(dev)).items() if k != "corr"}
+        st = model.uncorrected_state(get_device(dev))
         mats_tr = [D.g_mat[D.rows_g[i]] for i in tr]
         mats_te = [D.g_mat[D.rows_g[i]] for i in te]
         y_tr = np.exp(np.asarray(D.rows_y)[tr])
@@ -262,6 +262,8 @@ def section_cpu(model, D, cpu_held):
         pc = predict_matrices(mats_te, {**st, "corr": w}, model)
         res = fit_op_residual(model, mats_tr, y_tr, {**st, "corr": w}, count_margin=0.0)
         pr = pc if res is None else predict_matrices(mats_te, {**st, "corr": w, "opres": opres_state(res)}, model)
+        net = fit_op_net(model, mats_tr, y_tr, {**st, "corr": w})
+        pn = predict_matrices(mats_te, {**st, "corr": w, "opnet": net}, model)
         Gtr, Gte = _gbm_features(model, D, tr, st), _gbm_features(model, D, te, st)
         p_tr = predict_matrices(mats_tr, st, model)
         gb = HistGradientBoostingRegressor(max_iter=300, learning_rate=0.05, max_leaf_nodes=15, random_state=0)
@@ -286,11 +288,14 @@ def section_cpu(model, D, cpu_held):
             if msk.sum() == 0:
                 continue
             out.append({"device": dev, "subset": g, "n": int(msk.sum()), "mlp": within(p[msk], y[msk]),
-                        "mlp+corr": within(pc[msk], y[msk]), "mlp+corr+res": within(pr[msk], y[msk]),
+                        "mlp+corr": within(pc[msk], y[msk]), "mlp+corr+net": within(pn[msk], y[msk]),
+                        "mlp+corr+res": within(pr[msk], y[msk]),
                         "mlp+gbm": within(pg[msk], y[msk]),
                         "lstsq": within(pb[msk], y[msk]), "gbm-only": within(pg2[msk], y[msk]),
                         "corr_rho": spearman(pc[msk], y[msk]),
                         "corr_med_err": float(np.median(np.abs(pc[msk] / y[msk] - 1))),
+                        "net_rho": spearman(pn[msk], y[msk]),
+                        "net_med_err": float(np.median(np.abs(pn[msk] / y[msk] - 1))),
                         "noise_iqr<=10%": float(np.mean(nz[msk][np.isfinite(nz[msk])] <= 0.10))
                         if np.isfinite(nz[msk]).any() else None,
                         "repeat_w10": float(np.nanmean(rep[msk])) if np.isfinite(rep[msk]).any() else None})
@@ -414,13 +419,14 @@ def main(argv=None) -> int:
     res["cpu_noise"] = noise
     table("(c) this CPU, held-out models (1 in 5 specs by hash, with all their designs): share within +-10 %; "
           "mlp = trained-device predictor, +corr = per-op non-negative correction (robust log fit) on the CPU's "
-          "training rows (what ships; corr_* = its Spearman and median relative error), +corr+res = then an "
+          "training rows, +corr+net = then a per-op residual network (what ships; corr_*/net_* = Spearman and "
+          "median relative error), +corr+res = then an "
           "op-class residual as the few-shot fit uses (comparison only, not shipped: fitted on all CPU rows it "
           "leans on large negative per-op terms and predicts ~0 ms for small models unlike them), +gbm = GBM residual (not additive, comparison only), lstsq = FLOPs/bytes/op-count "
           "least squares and gbm-only = GBM on graph summaries, both on the same training rows; repeat_w10 = share "
           "of a row's timing rounds within 10 % of its other rounds (measurement repeatability)", out,
-          ["device", "subset", "n", "mlp", "mlp+corr", "mlp+corr+res", "mlp+gbm", "lstsq", "gbm-only", "corr_rho",
-           "corr_med_err", "noise_iqr<=10%", "repeat_w10"])
+          ["device", "subset", "n", "mlp", "mlp+corr", "mlp+corr+net", "mlp+corr+res", "mlp+gbm", "lstsq",
+           "gbm-only", "corr_rho", "corr_med_err", "net_rho", "net_med_err", "noise_iqr<=10%", "repeat_w10"])
     # LatencyTable throughput on a ResNet-50 space (shipped model)
     try:
         import torchvision

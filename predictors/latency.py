@@ -15,8 +15,10 @@ and a device fitted from measurements adds a correction in log space, ``a + b * 
 A trained device with many own measurements (this CPU, ``local/cpu-ort-*``) also carries a per-op
 correction fitted on its rows only (:func:`fit_correction`: non-negative weights on the MLP's op
 latency, MACs, bytes and op count per op group and int8/not, plus a per-graph intercept), applied
-per op so graph sums and :class:`LatencyTable` stay exact; ``benchmarks/predictors.py`` section (c)
-compares it with no correction, a GBM residual and the baselines on held-out models.
+per op so graph sums and :class:`LatencyTable` stay exact, and on top of it a small per-op residual
+network (:func:`fit_op_net`: one tanh layer of 16 on the op's features and its channel alignment,
+a multiplicative gain per op; still per op, so sums stay exact); ``benchmarks/predictors.py``
+section (c) compares them with no correction, a GBM residual and the baselines on held-out models.
 
 Public data only gives whole-model latency, so the per-op MLP is trained end to end on sums: per
 minibatch the (op, device) pairs of its rows are evaluated once, exponentiated, multiplied by the op
@@ -78,6 +80,8 @@ SIGNATURE_KEYS = ("conv_k3_s1_c64x64_h28_fp32", "conv_k1_s1_c64x64_h28_fp32", "d
 FIT_KEY = "latency_fit"
 #: device provenance key of :func:`calibrate_on_designs` (per-precision gains from measured designs)
 CALIBRATION_KEY = "latency_calibration"
+#: device-state keys of a trained device's own corrections (:func:`fit_correction`, :func:`fit_op_net`)
+DEVICE_CORRECTIONS = ("corr", "opnet")
 
 
 # ---------------------------------------------------------------------- device vectors
@@ -131,6 +135,8 @@ class LatencyModel:
         self.version = header.get("version", "")
         #: device id -> row of ``corr_w``: per-device op-level corrections (see :func:`fit_correction`)
         self.corr_index = dict(header.get("corrections", {}))
+        #: device id -> row of the ``opnet_*`` arrays: per-op residual networks (see :func:`fit_op_net`)
+        self.opnet_index = dict(header.get("opnets", {}))
 
     # -- persistence ------------------------------------------------------------------------
     @classmethod
@@ -167,6 +173,11 @@ class LatencyModel:
             st["source"] += f"; calibrated on {cal['designs']} measured designs of one model"
         return st
 
+    def uncorrected_state(self, device) -> dict:
+        """:meth:`device_state` without the per-device corrections (``DEVICE_CORRECTIONS``): what
+        :func:`fit_correction` and :func:`fit_op_net` are fitted on top of."""
+        return {k: v for k, v in self.device_state(device).items() if k not in DEVICE_CORRECTIONS}
+
     def _device_state(self, dev) -> dict:
         raw = device_raw_vector(dev)
         fit = dev.provenance.get(FIT_KEY) if isinstance(dev.provenance, dict) else None
@@ -184,6 +195,10 @@ class LatencyModel:
             if j is not None:
                 st["corr"] = self.a["corr_w"][j]
                 st["source"] = "trained device + per-op correction fitted on its own measurements"
+                k = next((self.opnet_index[d] for d in (dev.id, *dev.aliases) if d in self.opnet_index), None)
+                if k is not None:
+                    st["opnet"] = tuple(self.a[f"opnet_{n}"][k] for n in OPNET_ARRAYS)
+                    st["source"] += " and a per-op residual network"
             return st
         # never measured: features far outside the trained devices' range extrapolate to absurd
         # latencies (1e20 ms for throughput-only accelerators), so they are held within 3 sd
@@ -230,8 +245,9 @@ class LatencyModel:
         return float(z @ self.a["ov_w"] + self.a["ov_b"][0])
 
     def op_latency(self, X: np.ndarray, state: dict) -> np.ndarray:
-        """Per-op latency (ms); a device with a fitted per-op correction (``state["corr"]``) gets it
-        applied here, so sums (graphs, :class:`LatencyTable`) stay exact."""
+        """Per-op latency (ms); a device with a fitted per-op correction (``state["corr"]``, and its
+        residual network ``state["opnet"]``) gets it applied here, so sums (graphs,
+        :class:`LatencyTable`) stay exact."""
         w = state.get("corr")
         if state.get("opres_overhead") is not None:
             # op-count model; an op of a class no measured model had keeps the adapted MLP's ms
@@ -241,6 +257,8 @@ class LatencyModel:
             per = np.exp(self.op_log_latency(X, state["z"]))
         else:
             per = correction_basis(X, self.basis_ms(X, state["z"])) @ w[:N_CORR_OP]
+            if state.get("opnet") is not None:
+                per = per * np.exp(opnet_log_gain(self, X, state["opnet"]))
         if state.get("opres") is not None and state.get("opres_overhead") is None and len(X):
             # not floored per op: the residual is a linear correction whose class weights are fitted
             # together (flooring at 0 cost HELP FBNet fpga's share within +-10 % 0.48 -> 0.13); a
@@ -276,17 +294,25 @@ class LatencyModel:
         gain = state.get("gain")
         return ov if gain is None else ov * gain[0] + state["extra_ms"]
 
-    def with_corrections(self, corrections: dict) -> "LatencyModel":
-        """A copy carrying per-device corrections ``{device id: weight vector}``."""
+    def with_corrections(self, corrections: dict, nets: dict | None = None) -> "LatencyModel":
+        """A copy carrying per-device corrections ``{device id: weight vector}`` and, optionally,
+        per-op residual networks ``{device id: fit_op_net(...)}`` (only on corrected devices)."""
         ids = sorted(corrections)
-        arrays = dict(self.a)
+        nets = {d: v for d, v in (nets or {}).items() if d in corrections}
+        arrays = {k: v for k, v in self.a.items() if not k.startswith("opnet_")}
         header = json.loads(json.dumps(self.header))
+        header.pop("opnets", None)
         if ids:
             arrays["corr_w"] = np.stack([np.asarray(corrections[d], dtype=np.float64) for d in ids])
             header["corrections"] = {d: j for j, d in enumerate(ids)}
         else:
             arrays.pop("corr_w", None)
             header.pop("corrections", None)
+        if nets:
+            nid = sorted(nets)
+            for i, n in enumerate(OPNET_ARRAYS):
+                arrays[f"opnet_{n}"] = np.stack([np.asarray(nets[d][i], dtype=np.float64) for d in nid])
+            header["opnets"] = {d: k for k, d in enumerate(nid)}
         return LatencyModel(arrays, header)
 
     @staticmethod
@@ -516,7 +542,7 @@ def correction_basis(X: np.ndarray, per_op_ms: np.ndarray) -> np.ndarray:
 
 def correction_rows(m: LatencyModel, mats: list, state: dict) -> np.ndarray:
     """Per graph: summed basis of its ops ++ [1, MLP overhead ms] (uncorrected state)."""
-    base = {k: v for k, v in state.items() if k != "corr"}
+    base = {k: v for k, v in state.items() if k not in DEVICE_CORRECTIONS}
     X = np.concatenate(mats)
     B = correction_basis(X, m.basis_ms(X, base["z"]))
     idx = np.repeat(np.arange(len(mats)), [len(x) for x in mats])
@@ -565,6 +591,75 @@ def fit_correction(m: LatencyModel, mats: list, y, state: dict, *, ridge: float 
     w = w0.copy()
     w[free] = fit.x / sc
     return w
+
+
+# ---------------------------------------------------------------------- per-op residual network
+#: arrays of a per-op residual network: tanh(inputs @ W0 + b0) @ w1 + b1 = log gain of the op
+OPNET_ARRAYS = ("W0", "b0", "w1", "b1")
+#: channel alignments the network sees as flags: onnxruntime's CPU kernels (AVX-512 here) run
+#: fastest on channel counts that are multiples of 16 (a 24-channel conv measured as slow as 32)
+OPNET_ALIGN = (16, 8)
+
+
+def opnet_inputs(m: LatencyModel, X: np.ndarray) -> np.ndarray:
+    """Network inputs per op row: the MLP's standardised features + "not a multiple of 16 / 8"
+    flags of the input and output channels."""
+    j = _feat_index()
+    X = np.asarray(X, dtype=np.float64)
+    ch = np.rint(np.expm1(X[:, [j["log_cin"], j["log_cout"]]]))
+    flags = [(ch % a != 0).astype(np.float64) for a in OPNET_ALIGN]
+    return np.concatenate([(X - m.a["op_mu"]) / m.a["op_sd"], *flags], 1)
+
+
+def opnet_log_gain(m: LatencyModel, X: np.ndarray, net) -> np.ndarray:
+    """log of the multiplicative gain the network puts on each op row's corrected latency."""
+    W0, b0, w1, b1 = net
+    return np.tanh(opnet_inputs(m, X) @ W0 + b0) @ w1 + float(np.asarray(b1).reshape(-1)[0])
+
+
+def fit_op_net(m: LatencyModel, mats: list, y, state: dict, *, hidden: int = 16, weight_decay: float = 1e-3,
+               steps: int = 1500, lr: float = 3e-3, seed: int = 0) -> tuple:
+    """Per-op residual network of a device with many own measurements, on top of its per-op
+    correction (``state["corr"]``): op ms x exp(net(op)), fitted end to end on graph totals
+    (pseudo-Huber loss on log(predicted / measured), scale 0.05; weight decay on the hidden layer
+    and on the gains; deterministic under ``seed``). Returns the ``OPNET_ARRAYS`` tuple.
+
+    Why: the linear correction cannot express effects that depend on an op's shape jointly (channel
+    alignment, small spatial sizes, int8 at small widths); on this CPU's held-out models the share
+    within +-10 % went 0.669 -> 0.82 with it (``benchmarks/predictors.py`` section (c))."""
+    import torch
+
+    if state.get("corr") is None:
+        raise ValueError("fit_op_net needs a corrected device state (state['corr'])")
+    y = np.asarray(y, dtype=np.float64)
+    X = np.concatenate(mats)
+    base = {k: v for k, v in state.items() if k != "opnet"}
+    per = m.op_latency(X, base)
+    # distinct op rows only (designs repeat most ops): the network runs once per distinct row
+    U, inv = np.unique(np.concatenate([opnet_inputs(m, X), per[:, None]], 1), axis=0, return_inverse=True)
+    graph = np.repeat(np.arange(len(mats)), [len(x) for x in mats])
+    rng = np.random.default_rng(seed)
+    n_in = U.shape[1] - 1
+    bound = 1.0 / math.sqrt(n_in)
+    W0 = torch.tensor(rng.uniform(-bound, bound, (n_in, hidden)), requires_grad=True)
+    b0 = torch.tensor(rng.uniform(-bound, bound, hidden), requires_grad=True)
+    w1 = torch.zeros(hidden, dtype=torch.float64, requires_grad=True)   # starts as the correction
+    b1 = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    inp, per_u = torch.tensor(U[:, :-1]), torch.tensor(U[:, -1])
+    inv_t, graph_t = torch.tensor(inv.ravel()), torch.tensor(graph)
+    log_y = torch.tensor(np.log(y))
+    overhead = m.overhead_ms(base)
+    opt = torch.optim.Adam([W0, b0, w1, b1], lr=lr)
+    for _ in range(steps):
+        g = torch.tanh(inp @ W0 + b0) @ w1 + b1
+        tot = torch.zeros(len(mats), dtype=torch.float64).index_add_(0, graph_t, (per_u * torch.exp(g))[inv_t])
+        r = torch.log(torch.clamp(tot + overhead, min=1e-9)) - log_y
+        loss = torch.sqrt(r ** 2 + 0.05 ** 2).mean() + weight_decay * ((W0 ** 2).sum() + (b0 ** 2).sum()
+                                                                        + (g ** 2).mean())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return tuple(t.detach().numpy().copy() for t in (W0, b0, w1, b1))
 
 
 # ---------------------------------------------------------------------- few-shot op-class residual
@@ -1043,5 +1138,5 @@ def artifact_sha() -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-__all__ = ["calibrate_on_designs", "fit_correction", "fit_op_residual", "correction_basis", "LatencyModel", "LatencyTable", "load_model", "predict", "predict_latency", "predict_many",
+__all__ = ["calibrate_on_designs", "fit_correction", "fit_op_net", "fit_op_residual", "correction_basis", "LatencyModel", "LatencyTable", "load_model", "predict", "predict_latency", "predict_many",
            "fit_device", "fit_quality", "fit_source", "fit_state", "read_measurements", "model_matrix", "device_raw_vector"]

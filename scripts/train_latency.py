@@ -97,21 +97,24 @@ MIN_CORRECTION_ROWS = 200
 
 
 def add_corrections(model, D):
-    """Fit :func:`edgepass.predictors.latency.fit_correction` on every trained ``local/`` device
-    with >= MIN_CORRECTION_ROWS rows (all its rows, designs included)."""
+    """Fit :func:`edgepass.predictors.latency.fit_correction` and then
+    :func:`~edgepass.predictors.latency.fit_op_net` on every trained ``local/`` device with >=
+    MIN_CORRECTION_ROWS rows (all its rows, designs included)."""
     from edgepass.devices import get_device
-    from edgepass.predictors.latency import fit_correction
+    from edgepass.predictors.latency import fit_correction, fit_op_net
 
     rows_d = np.asarray(D.rows_d)
-    corr = {}
+    corr, nets = {}, {}
     for dev in sorted({d for d in D.rows_d if d.startswith("local/") and d in model.dev_index}):
         rows = np.nonzero(rows_d == dev)[0]
         if len(rows) < MIN_CORRECTION_ROWS:
             continue
-        st = {k: v for k, v in model.device_state(get_device(dev)).items() if k != "corr"}
-        corr[dev] = fit_correction(model, [D.g_mat[D.rows_g[i]] for i in rows], np.exp(np.asarray(D.rows_y)[rows]), st)
-        print(f"correction for {dev}: {len(rows)} rows", file=sys.stderr)
-    out = model.with_corrections(corr)
+        st = model.uncorrected_state(get_device(dev))
+        mats, y = [D.g_mat[D.rows_g[i]] for i in rows], np.exp(np.asarray(D.rows_y)[rows])
+        corr[dev] = fit_correction(model, mats, y, st)
+        nets[dev] = fit_op_net(model, mats, y, {**st, "corr": corr[dev]})
+        print(f"correction and residual network for {dev}: {len(rows)} rows", file=sys.stderr)
+    out = model.with_corrections(corr, nets)
     out.header["training"]["corrections"] = {d: int((rows_d == d).sum()) for d in corr}
     return out
 
