@@ -624,9 +624,10 @@ def fit_op_net(m: LatencyModel, mats: list, y, state: dict, *, hidden: int = 16,
     (pseudo-Huber loss on log(predicted / measured), scale 0.05; weight decay on the hidden layer
     and on the gains; deterministic under ``seed``). Returns the ``OPNET_ARRAYS`` tuple.
 
-    Why: the linear correction cannot express effects that depend on an op's shape jointly (channel
-    alignment, small spatial sizes, int8 at small widths); on this CPU's held-out models the share
-    within +-10 % went 0.669 -> 0.82 with it (``benchmarks/predictors.py`` section (c))."""
+    Why: the linear correction has one set of weights per op group and precision, so it cannot
+    express effects of an op's shape taken jointly, such as channel alignment; on this CPU's
+    held-out models the share within +-10 % went 0.669 -> 0.824 with it (``benchmarks/predictors.py``
+    section (c); a wider layer, more steps or a lower weight decay did no better there)."""
     import torch
 
     if state.get("corr") is None:
