@@ -58,23 +58,18 @@ def predict(model, device, *, example_inputs=None, design=None):
             design = Design.from_dict(design)
         graph = build_space(graph).design_graph(design)
     est = predict_latency_estimate(graph, dev)
-    try:  # the energy predictor is optional (another module)
-        from .predictors import energy as _energy  # type: ignore[attr-defined]
-    except ImportError:
-        _energy = None
-    if _energy is not None and hasattr(_energy, "predict_energy"):
-        try:
-            e = _energy.predict_energy(graph, dev, latency=est)
-            if e is not None:
-                est.energy_mj = getattr(e, "energy_mj", None)
-                est.energy_calibrated = bool(getattr(e, "energy_calibrated", False))
-                per = {getattr(r, "name", None): getattr(r, "energy_mj", None) for r in getattr(e, "layers", [])}
-                for r in est.layers:
-                    if per.get(r.name) is not None:
-                        r.energy_mj = per[r.name]
-                est.notes += list(getattr(e, "notes", []))
-        except Exception as exc:  # noqa: BLE001 -- energy must not break latency
-            est.notes.append(f"energy not estimated: {type(exc).__name__}: {str(exc)[:120]}")
+    from .predictors import energy
+
+    try:
+        e = energy.estimate(graph, dev, latency_ms=est.latency_ms)
+    except Exception as exc:  # noqa: BLE001 -- a device the energy model cannot price must not break latency
+        est.notes.append(f"energy not estimated: {type(exc).__name__}: {str(exc)[:120]}")
+        return est
+    est.energy_mj, est.energy_calibrated = e.energy_mj, e.energy_calibrated
+    per = {r.name: r.energy_mj for r in e.layers}
+    for r in est.layers:
+        r.energy_mj = per.get(r.name, r.energy_mj)
+    est.notes += list(e.notes)
     return est
 
 

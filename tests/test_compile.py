@@ -33,6 +33,7 @@ def test_compile_onnx_meets_budget_and_verifies(digits_onnx, base_ms, calib):
     assert feasible and report.verified
     assert isinstance(out, onnx.ModelProto)
     assert report.predicted["latency_ms"][1] <= 0.7 * base_ms
+    assert 0 < report.predicted["energy_mj"][1] < report.predicted["energy_mj"][0]   # faster and smaller
     onnx.checker.check_model(out, full_check=True)
     stored = report_of(out)
     assert stored["design"] == report.design and "seconds" not in stored

@@ -130,11 +130,28 @@ def test_cli_predict_and_errors(capsys, tmp_path):
     assert main(["predict", "tv:squeezenet1_1", "--device", "help/pixel2", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["latency_ms"] > 0 and d["layers"]
+    # energy comes with every prediction: per-layer rows that add up, modelled on a phone
+    assert d["energy_mj"] > 0 and d["energy_calibrated"] is False
+    assert sum(r["energy_mj"] or 0.0 for r in d["layers"]) == pytest.approx(d["energy_mj"], rel=1e-6)
     assert main(["predict", "tv:squeezenet1_1", "--device", "no/such-device"]) == 5
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
     assert main(["predict", str(bad), "--device", "local/cpu-ort-1t"]) == 2
     assert main(["predict", "nope:xyz", "--device", "local/cpu-ort-1t"]) == 2
+
+
+def test_predict_reports_energy_calibrated_where_measured():
+    """``edgepass.predict`` fills the energy fields from the energy predictor and says whether the
+    device's class is calibrated on measurements (MLPerf Tiny microcontrollers) or only modelled."""
+    import edgepass
+
+    spec = "nb201:|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|none~0|avg_pool_3x3~1|nor_conv_1x1~2|"
+    mcu = edgepass.predict(spec, "mlperf-tiny/bosch-nucleo-l4r5zi")
+    cpu = edgepass.predict(spec, "local/cpu-ort-1t")
+    assert mcu.energy_calibrated is True and cpu.energy_calibrated is False
+    assert mcu.energy_mj > 0 and cpu.energy_mj > 0
+    assert any("calibrated on" in n for n in mcu.notes) and any("modelled" in n for n in cpu.notes)
+    assert not any("energy not estimated" in n for n in cpu.notes)
 
 
 def test_cli_device_fit(tmp_path, capsys):
