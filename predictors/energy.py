@@ -100,26 +100,56 @@ def _freq(dev) -> float | None:
 
 def dynamic_energy(graph, kind: str, *, precision: str | None = None, onchip_mb: float | None = None) -> dict:
     """Modelled dynamic energy (mJ) per op, before any calibration factor."""
+    return {op.name: op_dynamic_energy(op, kind, precision=precision, onchip_mb=onchip_mb) for op in graph.ops()}
+
+
+def op_dynamic_energy(op, kind: str, *, precision: str | None = None, onchip_mb: float | None = None) -> float:
+    """Modelled dynamic energy (mJ) of one IR op on a device class, before any calibration factor."""
     onchip = (onchip_mb if onchip_mb is not None else ONCHIP_MB.get(kind, 2.0)) * 1e6
     e_dram = E_DRAM_PJ_PER_BYTE * DRAM_SCALE.get(kind, 1.0)
-    ov = OVERHEAD.get(kind, 5.0)
-    out = {}
-    for op in graph.ops():
-        prec = precision or op.precision
-        e_mac = E_MAC_PJ.get(prec, E_MAC_PJ["fp32"])
-        if op.macs:
-            ops = op.macs
-        else:
-            ops = ELEMENTWISE_MAC_EQUIV * sum(int(np.prod(s)) for s in op.out_shapes if s) \
-                if op.kind not in ("reshape", "identity", "transpose", "cast") else 0
-        nbytes = op.bytes_read + op.bytes_written
-        if precision is not None and precision != op.precision:  # re-price bytes at the asked precision
-            from edgepass.ir import DTYPE_BYTES
+    prec = precision or op.precision
+    e_mac = E_MAC_PJ.get(prec, E_MAC_PJ["fp32"])
+    if op.macs:
+        ops = op.macs
+    else:
+        ops = ELEMENTWISE_MAC_EQUIV * sum(int(np.prod(s)) for s in op.out_shapes if s) \
+            if op.kind not in ("reshape", "identity", "transpose", "cast") else 0
+    nbytes = op.bytes_read + op.bytes_written
+    if precision is not None and precision != op.precision:  # re-price bytes at the asked precision
+        from edgepass.ir import DTYPE_BYTES
 
-            nbytes = nbytes * DTYPE_BYTES.get(precision, 4) / DTYPE_BYTES.get(op.precision, 4)
-        e_byte = E_SRAM_PJ_PER_BYTE if (nbytes <= onchip or e_dram == 0) else e_dram
-        out[op.name] = (ops * e_mac * ov + nbytes * e_byte) * 1e-9      # pJ -> mJ
-    return out
+        nbytes = nbytes * DTYPE_BYTES.get(precision, 4) / DTYPE_BYTES.get(op.precision, 4)
+    e_byte = E_SRAM_PJ_PER_BYTE if (nbytes <= onchip or e_dram == 0) else e_dram
+    return (ops * e_mac * OVERHEAD.get(kind, 5.0) + nbytes * e_byte) * 1e-9      # pJ -> mJ
+
+
+class EnergyTable:
+    """Energy (mJ) of a batch of encoded designs of a design space, for the optimizers' energy
+    budgets: the modelled dynamic energy of every op under every relevant knob combination, summed
+    through the same tables as :class:`~edgepass.predictors.latency.LatencyTable`, plus static power
+    x the latency table's prediction -- the figure :func:`predict_energy` gives for the design's
+    graph at that latency."""
+
+    def __init__(self, latency_table):
+        from .latency import op_combos, summed_tables
+
+        dev = latency_table.device
+        cal = calibration().get("classes", {}).get(dev.kind)
+        self.latency_table = latency_table
+        self.k_dyn = cal["k_dyn"] if cal else 1.0
+        self.static_w = _static_w(dev, cal)
+        self.calibrated = bool(cal)
+        combos = op_combos(latency_table.space)
+        onchip = dev.datasheet.get("onchip_mb")
+        dyn = np.array([op_dynamic_energy(o, dev.kind, onchip_mb=onchip) for _, _, ops in combos for o in ops])
+        self.constant, self.tables = summed_tables(combos, dyn)
+
+    def predict(self, codes: np.ndarray) -> np.ndarray:
+        from .latency import table_sums
+
+        lat = self.latency_table.predict(codes)
+        static = np.where(np.isfinite(lat) & (lat > 0) & (lat < 1e7), lat, 0.0)   # as predict_energy
+        return self.k_dyn * table_sums(codes, self.constant, self.tables) + self.static_w * static
 
 
 def _static_w(dev, cal: dict | None) -> float:

@@ -40,6 +40,18 @@ def test_compile_onnx_meets_budget_and_verifies(digits_onnx, base_ms, calib):
     assert edgepass.verify(str(digits_onnx), out, edgepass.Design.from_dict(stored["design"])).ok
 
 
+def test_compile_meets_an_energy_budget(digits_onnx, calib):
+    """An energy budget alone steers the design: the compiled model's predicted energy is within
+    it (and the original's is not)."""
+    base_mj = edgepass.predict(str(digits_onnx), "help/pixel2").energy_mj
+    _, report, feasible = compile_with_report(str(digits_onnx), "help/pixel2", energy_mj=0.6 * base_mj,
+                                              calibration_data=calib, measure=False, accuracy_options=CHEAP)
+    assert feasible and report.verified
+    before, after = report.predicted["energy_mj"]
+    assert before == pytest.approx(base_mj) and after <= 0.6 * base_mj * (1 + 1e-6)
+    assert any(n.startswith("energy: modelled") for n in report.notes)
+
+
 def test_compile_is_deterministic(digits_onnx, base_ms, calib):
     runs = [edgepass.compile(str(digits_onnx), DEVICE, latency_ms=0.7 * base_ms, method="search",
                              calibration_data=calib, measure=False) for _ in range(2)]

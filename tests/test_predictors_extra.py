@@ -137,6 +137,32 @@ def test_energy_calibrated_flag(tiny_graphs):
         assert "calibrated" in note_mcu
 
 
+def test_energy_table_matches_predict_energy_on_designs():
+    """The optimizers' EnergyTable gives, for sampled designs (widths, kernels, int8), the energy
+    predict_energy gives for the design's graph at the table's latency -- on a modelled phone and a
+    calibrated microcontroller."""
+    import torch
+    from torch import nn
+
+    from edgepass import design_space
+    from edgepass.predictors.energy import EnergyTable, predict_energy
+    from edgepass.predictors.latency import LatencyTable
+
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                        nn.Conv2d(32, 64, 5, padding=2, stride=2), nn.BatchNorm2d(64), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+    space = design_space(net, (torch.zeros(1, 3, 32, 32),))
+    designs = [space.identity()] + [space.sample(i) for i in range(8)]
+    codes = np.stack([space.encode(d) for d in designs])
+    for dev in ("help/pixel2", "mlperf-tiny/bosch-nucleo-l4r5zi"):
+        lat = LatencyTable(space, dev)
+        table = EnergyTable(lat)
+        got = table.predict(codes)
+        want = [predict_energy(space.design_graph(d), dev, latency_ms=lat.predict_design(d))[0] for d in designs]
+        assert np.allclose(got, want, rtol=1e-6)
+        assert np.ptp(got) > 0.1 * got.max()      # the designs differ, and so does their energy
+
+
 def test_mlperf_tiny_reference_macs():
     from edgepass.predictors.energy import mlperf_tiny_graph
 

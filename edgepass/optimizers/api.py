@@ -167,8 +167,10 @@ def model_optimizer(space, accuracy_fn, *, cache=None, seed: int = 0, options: d
     return opt
 
 
-def model_problem(space, device, *, accuracy_fn=None, energy=True):
-    """Predicted accuracy / latency / energy of a model's designs on ``device`` as a Problem."""
+def model_problem(space, device, *, accuracy_fn=None, energy=False):
+    """Predicted accuracy / latency (and with ``energy``, energy) of a model's designs on ``device``
+    as a Problem. Energy (:class:`~edgepass.predictors.energy.EnergyTable`) costs a second pass over
+    the knob combinations, so it is built only when asked for (an energy budget)."""
     from ..predictors.latency import LatencyTable
 
     table = LatencyTable(space, device)
@@ -190,7 +192,15 @@ def model_problem(space, device, *, accuracy_fn=None, energy=True):
         from .model_space import TableCosts
 
         latency_fn = TableCosts.of(table).predict     # same sums, one gather per batch (no few-shot correction)
-    return CallableProblem(n_choices, accuracy_fn, latency_fn, latency_table=table), notes
+    energy_fn = None
+    if energy:
+        from ..predictors.energy import EnergyTable
+
+        et = EnergyTable(table)
+        energy_fn = et.predict
+        notes.append(f"energy: {'calibrated on measurements' if et.calibrated else 'modelled, not measured'} "
+                     f"({table.device.kind} class; static {et.static_w:.3g} W x predicted latency)")
+    return CallableProblem(n_choices, accuracy_fn, latency_fn, energy_fn=energy_fn, latency_table=table), notes
 
 
 def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_accuracy_drop=None,
@@ -223,7 +233,7 @@ def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_acc
 
         space = model_or_space if isinstance(model_or_space, DesignSpace) else design_space(model_or_space,
                                                                                             example_inputs)
-        problem, notes = model_problem(space, device, accuracy_fn=accuracy_fn)
+        problem, notes = model_problem(space, device, accuracy_fn=accuracy_fn, energy=energy_mj is not None)
         ident = space.encode(space.identity())
         ref = float(problem.evaluate(ident[None])["accuracy"][0])
         t0 = time.perf_counter()
