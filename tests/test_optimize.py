@@ -157,6 +157,8 @@ def test_optimize_reports_infeasible_budgets():
         edgepass.optimize(sp, "anb/a100", latency_ms=5.0)
     with pytest.raises(edgepass.InputError):
         edgepass.optimize(sp, "hwnasbench/raspi4", latency_ms=5.0, method="guess")
+    with pytest.raises(edgepass.InputError, match="energy budgets need a model"):   # refused, not ignored
+        edgepass.optimize(sp, "hwnasbench/raspi4", energy_mj=50.0, method="search")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -109,6 +109,9 @@ def _optimize_zoo(zsp, device, budget: Budget, method: str, seed: int, cache) ->
     from ..devices import get_device
     from .population import budget_features, reference_designs, reference_vector
 
+    if budget.energy_mj is not None:   # no per-op energy for table-priced spaces: refuse rather than ignore
+        raise InputError("energy budgets need a model's design space (priced per op); zoo spaces are priced by "
+                         "measured latency tables only: give latency_ms")
     dev = get_device(device)
     lat = zsp.latency_table(dev.id)
     if np.isnan(lat).any():
