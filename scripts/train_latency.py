@@ -101,7 +101,7 @@ def add_corrections(model, D):
     :func:`~edgepass.predictors.latency.fit_op_net` on every trained ``local/`` device with >=
     MIN_CORRECTION_ROWS rows (all its rows, designs included)."""
     from edgepass.devices import get_device
-    from edgepass.predictors.latency import fit_correction, fit_op_net
+    from edgepass.predictors.latency import GRAPH_OVERHEAD_MS, fit_correction, fit_op_net
 
     rows_d = np.asarray(D.rows_d)
     corr, nets = {}, {}
@@ -111,7 +111,7 @@ def add_corrections(model, D):
             continue
         st = model.uncorrected_state(get_device(dev))
         mats, y = [D.g_mat[D.rows_g[i]] for i in rows], np.exp(np.asarray(D.rows_y)[rows])
-        corr[dev] = fit_correction(model, mats, y, st)
+        corr[dev] = fit_correction(model, mats, y, st, overhead_ms=GRAPH_OVERHEAD_MS.get(dev))
         nets[dev] = fit_op_net(model, mats, y, {**st, "corr": corr[dev]})
         print(f"correction and residual network for {dev}: {len(rows)} rows", file=sys.stderr)
     out = model.with_corrections(corr, nets)
