@@ -223,13 +223,18 @@ def compare_at(name, net, proto, orig_ms, fraction, D, score, *, finetune_steps:
         rows.append(r)
         return r
 
-    t0 = time.perf_counter()
-    ep = edgepass_at(proto, target, fraction, D["xval"], D.get("yval"), tries=tries,
-                     net=net if compile_torch else None)
+    def compiled(method: str) -> tuple[dict, dict]:
+        """edgepass_at with ``method`` and the row extras of its compiles."""
+        t0 = time.perf_counter()
+        c = edgepass_at(proto, target, fraction, D["xval"], D.get("yval"), tries=tries,
+                        net=net if compile_torch else None, method=method)
+        return c, {"compiles": len(c["history"]), "history": c["history"], "design": c["report"].design,
+                   "predicted_accuracy": c["report"].predicted["accuracy"][1],
+                   "seconds": time.perf_counter() - t0,
+                   "optimize_s": float(np.median([h["optimize_s"] for h in c["history"]]))}
+
+    ep, extra = compiled("amortized")
     design = ep["report"].design
-    extra = {"compiles": len(ep["history"]), "history": ep["history"], "design": design,
-             "predicted_accuracy": ep["report"].predicted["accuracy"][1], "seconds": time.perf_counter() - t0,
-             "optimize_s": float(np.median([h["optimize_s"] for h in ep["history"]]))}
     plain = quiet(edgepass.apply, proto, edgepass.Design.from_dict(design), calibration_data=D["xval"],
                   recalibrate=False)
     row("edgepass (no recovery)", plain, measured_ms(plain))
@@ -250,13 +255,8 @@ def compare_at(name, net, proto, orig_ms, fraction, D, score, *, finetune_steps:
                       D["xval"], reconstruct=False)
             row(f"baseline {kind} (statistics only)", m, b.measured_ms, {"param": b.param})
     if search:
-        t0 = time.perf_counter()
-        ev = edgepass_at(proto, target, fraction, D["xval"], D.get("yval"), tries=tries,
-                         net=net if compile_torch else None, method="search")
-        row("baseline evolutionary search", ev["model"], ev["measured_ms"],
-            {"compiles": len(ev["history"]), "history": ev["history"], "design": ev["report"].design,
-             "seconds": time.perf_counter() - t0,
-             "optimize_s": float(np.median([h["optimize_s"] for h in ev["history"]]))})
+        ev, ev_extra = compiled("search")
+        row("baseline evolutionary search", ev["model"], ev["measured_ms"], ev_extra)
     return rows
 
 

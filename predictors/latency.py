@@ -573,7 +573,8 @@ def correction_rows(m: LatencyModel, mats: list, state: dict) -> np.ndarray:
 #: Relu on 1x1x8x8 takes 0.005 ms (median of 10,000 runs, 1 and 2 threads: `edgepass measure relu.onnx
 #: --runs 200 --min-seconds 0.5 [--threads 2]`). Fitted, the intercept came out at 0.076 ms (the
 #: training rows' smallest models take 0.28 ms, so nothing pins it down) and the bundled 0.042 ms
-#: digits CNN was predicted at 0.11 ms; fixed, 0.047 ms, for the same held-out share within +-10 %.
+#: digits CNN was predicted at 0.123 ms; fixed, 0.055 ms, while the held-out share within +-10 % went
+#: 0.824 -> 0.817 (``benchmarks/predictors.py`` sections (c) and (c')).
 GRAPH_OVERHEAD_MS = {"local/cpu-ort-1t": 0.005, "local/cpu-ort-2t": 0.005}
 
 
@@ -657,8 +658,9 @@ def fit_op_net(m: LatencyModel, mats: list, y, state: dict, *, hidden: int = 16,
 
     Why: the linear correction has one set of weights per op group and precision, so it cannot
     express effects of an op's shape taken jointly, such as channel alignment; on this CPU's
-    held-out models the share within +-10 % went 0.669 -> 0.824 with it (``benchmarks/predictors.py``
-    section (c); a wider layer, more steps or a lower weight decay did no better there)."""
+    held-out models the share within +-10 % went 0.665 -> 0.817 with it (``benchmarks/predictors.py``
+    section (c), with the measured overhead; a wider layer, more steps or a lower weight decay did
+    no better there)."""
     import torch
 
     if state.get("corr") is None:

@@ -180,17 +180,37 @@ def test_cli_device_fit(tmp_path, capsys):
     assert main(["device", "fit", str(empty), "--name", "x", "-o", str(tmp_path / "x.json")]) == 2
 
 
-def test_per_device_correction_fits_scaled_truth_and_keeps_table_exact(space, tmp_path):
-    """A synthetic device whose int8 convs run 3x faster and every graph pays 0.5 ms: the per-op
-    correction fitted on 40 designs recovers it on 10 others; the LatencyTable stays an exact sum;
-    the corrected model survives save/load."""
+@pytest.fixture(scope="module")
+def cpu_designs(space):
+    """(shipped model, this CPU's 1-thread device, its state without own corrections, 50 sampled
+    designs, their op matrices): the synthetic-device correction tests fit on 40 and check 10."""
     from edgepass.devices import get_device
 
     m = L.load_model()
     dev = get_device("local/cpu-ort-1t")
-    st = m.uncorrected_state(dev)
     designs = [space.sample(i) for i in range(50)]
-    mats = [L.graph_matrix(space.design_graph(d))[0] for d in designs]
+    return m, dev, m.uncorrected_state(dev), designs, [L.graph_matrix(space.design_graph(d))[0] for d in designs]
+
+
+def _saved_table_agrees(m, path, space, dev, designs, mats, expected, rtol) -> dict:
+    """Save and reload ``m``; its LatencyTable on ``designs`` equals its predictions, which equal
+    ``expected`` within ``rtol`` (float32 storage). Returns the reloaded device state."""
+    m.save(path)
+    m2 = L.LatencyModel.load(path)
+    st2 = m2.device_state(dev)
+    tab = L.LatencyTable(space, dev, model=m2)
+    codes = np.stack([space.encode(d) for d in designs])
+    est = L.predict_matrices(mats, st2, m2)
+    assert np.allclose(tab.predict(codes), est, rtol=1e-5)
+    assert np.allclose(est, expected, rtol=rtol)
+    return st2
+
+
+def test_per_device_correction_fits_scaled_truth_and_keeps_table_exact(space, cpu_designs, tmp_path):
+    """A synthetic device whose int8 convs run 3x faster and every graph pays 0.5 ms: the per-op
+    correction fitted on 40 designs recovers it on 10 others; the LatencyTable stays an exact sum;
+    the corrected model survives save/load."""
+    m, dev, st, designs, mats = cpu_designs
     j = L._feat_index()
 
     def truth(X):
@@ -205,31 +225,17 @@ def test_per_device_correction_fits_scaled_truth_and_keeps_table_exact(space, tm
     fixed = L.predict_matrices(mats[40:], {**st, "corr": w}, m)
     assert np.median(np.abs(fixed / y[40:] - 1)) < 0.5 * np.median(np.abs(plain / y[40:] - 1))
     assert np.median(np.abs(fixed / y[40:] - 1)) < 0.05
-    mc = m.with_corrections({"local/cpu-ort-1t": w})
-    path = tmp_path / "c.npz"
-    mc.save(path)
-    m2 = L.LatencyModel.load(path)
-    st2 = m2.device_state(dev)
+    st2 = _saved_table_agrees(m.with_corrections({"local/cpu-ort-1t": w}), tmp_path / "c.npz", space, dev,
+                              designs[40:], mats[40:], fixed, rtol=1e-4)
     assert "corr" in st2 and "correction" in st2["source"]
-    tab = L.LatencyTable(space, dev, model=m2)
-    codes = np.stack([space.encode(d) for d in designs[40:]])
-    est = L.predict_matrices(mats[40:], st2, m2)
-    assert np.allclose(tab.predict(codes), est, rtol=1e-5)
-    assert np.allclose(est, fixed, rtol=1e-4)  # float32 storage
 
 
-def test_op_net_learns_channel_alignment_and_keeps_table_exact(space, tmp_path):
+def test_op_net_learns_channel_alignment_and_keeps_table_exact(space, cpu_designs, tmp_path):
     """A device on which convs whose output channels are not a multiple of 16 run 1.6x slower (a
     joint shape effect the linear correction cannot express): the per-op residual network fitted
     on 40 designs halves the correction's error on 10 others, deterministically; the LatencyTable
     stays an exact sum with it, after save/load."""
-    from edgepass.devices import get_device
-
-    m = L.load_model()
-    dev = get_device("local/cpu-ort-1t")
-    st = m.uncorrected_state(dev)
-    designs = [space.sample(i) for i in range(50)]
-    mats = [L.graph_matrix(space.design_graph(d))[0] for d in designs]
+    m, dev, st, designs, mats = cpu_designs
     j = L._feat_index()
 
     def truth(X):
@@ -250,17 +256,9 @@ def test_op_net_learns_channel_alignment_and_keeps_table_exact(space, tmp_path):
     err_n = np.median(np.abs(with_net / y[40:] - 1))
     assert err_n < 0.5 * err_c, (err_n, err_c)
     mc = m.with_corrections({"local/cpu-ort-1t": w}, {"local/cpu-ort-1t": net})
-    path = tmp_path / "n.npz"
-    mc.save(path)
-    m2 = L.LatencyModel.load(path)
-    st2 = m2.device_state(dev)
+    st2 = _saved_table_agrees(mc, tmp_path / "n.npz", space, dev, designs[40:], mats[40:], with_net, rtol=1e-3)
     assert "opnet" in st2 and "residual network" in st2["source"]
-    assert "opnet" not in m2.with_corrections({}).device_state(dev)
-    tab = L.LatencyTable(space, dev, model=m2)
-    codes = np.stack([space.encode(d) for d in designs[40:]])
-    est = L.predict_matrices(mats[40:], st2, m2)
-    assert np.allclose(tab.predict(codes), est, rtol=1e-5)
-    assert np.allclose(est, with_net, rtol=1e-3)  # float32 storage
+    assert "opnet" not in mc.with_corrections({}).device_state(dev)
     with pytest.raises(ValueError, match="corrected"):
         L.fit_op_net(m, mats[:40], y[:40], st)
 
