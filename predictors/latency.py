@@ -11,7 +11,10 @@ learned per-device residual (zero for a device never seen, fitted from a few mea
 
     latency = sum_ops exp(MLP(op, z)) + exp(overhead(z))            (per-graph overhead)
 
-and a device fitted from measurements adds a correction in log space, ``a + b * log(latency)``.
+and a device fitted from measurements adds a correction in log space, ``a + b * log(latency)``;
+where leave-one-out on its measurements says so, the few-shot fit instead uses an op-class residual,
+a linear op-count model, or a non-negative mixture of the trained devices' own predictors
+(:func:`fit_op_residual`), each still a sum over ops.
 A trained device with many own measurements (this CPU, ``local/cpu-ort-*``) also carries a per-op
 correction fitted on its rows only (:func:`fit_correction`: non-negative weights on the MLP's op
 latency, MACs, bytes and op count per op group and int8/not, plus a per-graph intercept), applied
@@ -116,6 +119,11 @@ def fit_source(fit: dict) -> str:
     res = fit.get("op_residual")
     if not res:
         return "few-shot fit"
+    if res.get("mode") == "mix":
+        parts = ", ".join(f"{d} x{w:.2g}" for d, w in
+                          zip(["adapted predictor", *res["devices"]], [res.get("own_w", 0.0), *res["w"]]) if w > 0)
+        return (f"few-shot mixture of trained devices' predictors ({parts}; leave-one-out preferred it "
+                "to the adapted MLP)")
     if res.get("mode") == "replace":
         what = ("whole-graph op count/GMACs/MB" if res.get("model") == "totals"
                 else f"{len(res['classes'])} op classes")
@@ -212,7 +220,11 @@ class LatencyModel:
         st = {"z": self.z_from(raw, r), "a": float(fit.get("log_offset", 0.0)),
               "b": float(fit.get("log_scale", 1.0)), "source": fit_source(fit)}
         res = fit.get("op_residual")
-        if res:
+        if res and res.get("mode") == "mix":  # trained devices' predictors, mixed, stand in for the MLP
+            Z = np.vstack([st["z"][None], trained_vectors(self)[[self.dev_index[d] for d in res["devices"]]]])
+            w = np.r_[float(res.get("own_w", 0.0)), np.asarray(res["w"], dtype=np.float64)]
+            st.update(a=0.0, b=1.0, mlp_ab=(st["a"], st["b"]), mix=(Z[w > 0], w[w > 0], float(res["overhead_ms"])))
+        elif res:
             st["opres"] = opres_state(res)
             if res.get("mode") == "replace":  # a linear model stands in for the MLP on this device
                 st.update(a=0.0, b=1.0, opres_overhead=float(res["overhead_ms"]), mlp_ab=(st["a"], st["b"]))
@@ -249,7 +261,13 @@ class LatencyModel:
         residual network ``state["opnet"]``) gets it applied here, so sums (graphs,
         :class:`LatencyTable`) stay exact."""
         w = state.get("corr")
-        if state.get("opres_overhead") is not None:
+        if state.get("mix") is not None:
+            # a mixture of trained devices' predictors stands in for the adapted MLP
+            Zm, wm, _ = state["mix"]
+            per = np.zeros(len(X))
+            for z, wj in zip(Zm, wm):
+                per = per + wj * np.exp(self.op_log_latency(X, z))
+        elif state.get("opres_overhead") is not None:
             # op-count model; an op of a class no measured model had keeps the adapted MLP's ms
             extra, seen = op_residual_ms(X, state["opres"], with_seen=True)
             per = np.where(seen, extra, np.exp(self.op_log_latency(X, state["z"])) if len(X) else 0.0)
@@ -287,7 +305,10 @@ class LatencyModel:
     def overhead_ms(self, state: dict) -> float:
         """Per-graph overhead (ms) of a device (corrected like the ops when it has a correction)."""
         ov = math.exp(self.overhead_log(state["z"]))
-        if state.get("opres_overhead") is not None:
+        if state.get("mix") is not None:
+            Zm, wm, c = state["mix"]
+            ov = c + sum(wj * math.exp(self.overhead_log(z)) for z, wj in zip(Zm, wm))
+        elif state.get("opres_overhead") is not None:
             ov = state["opres_overhead"]
         w = state.get("corr")
         ov = ov if w is None else float(w[N_CORR_OP] + w[N_CORR_OP + 1] * ov)
@@ -355,14 +376,14 @@ def predict(graph, device, *, model: LatencyModel | None = None) -> Estimate:
                             precision=op.precision) for op, t in zip(ops, per_op)]
     layers.append(LayerEstimate(name="(per-graph overhead)", kind="overhead", latency_ms=float(ov * scale)))
     notes = [f"latency: kernel-level MLP ({m.version}), device vector from {state['source']}"]
-    if state.get("opres") is not None and len(X):
-        # the few-shot residual / linear model is fitted on the measured models only: say when this
-        # graph is unlike them (unseen op classes, or the residual moving the total by > 2x)
-        plain = {k: v for k, v in state.items() if k not in ("opres", "opres_overhead")}
+    if (state.get("opres") is not None or state.get("mix") is not None) and len(X):
+        # the few-shot residual / linear model / mixture is fitted on the measured models only: say
+        # when this graph is unlike them (unseen op classes, or the total > 2x off the adapted MLP's)
+        plain = {k: v for k, v in state.items() if k not in ("opres", "opres_overhead", "mix")}
         if "mlp_ab" in state:
             plain["a"], plain["b"] = state["mlp_ab"]
         ref = float(m.correct(_graph_total(m, X, plain)[0], plain))
-        index = state["opres"][0]
+        index = state["opres"][0] if state.get("opres") is not None else {"*": 0}
         unseen = set() if "*" in index else set(op_classes(X)) - set(index)
         if not 0.5 <= total / max(ref, 1e-12) <= 2.0 or unseen:
             notes.append(f"warning: this model is unlike the device's measured models ({len(unseen)} op classes "
@@ -697,6 +718,11 @@ def fit_op_net(m: LatencyModel, mats: list, y, state: dict, *, hidden: int = 16,
 
 
 # ---------------------------------------------------------------------- few-shot op-class residual
+#: how many trained devices a few-shot mixture draws on
+MIX_DEVICES = 5
+#: the mixture replaces the best other few-shot predictor when its leave-one-out error is below this
+#: fraction of that predictor's (0 turns it off)
+MIX_MARGIN = 0.8
 OPRES_ALPHAS = (1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
@@ -757,7 +783,7 @@ def _class_matrix(mats: list, classes: list[str] | None = None) -> tuple[np.ndar
 
 def fit_op_residual(m: LatencyModel, mats: list, y, state: dict, *, margin: float = 0.6,
                     mlp_loo_ms=None, count_margin: float = 0.4, count_max_rel_rmse: float = 0.1,
-                    alphas=OPRES_ALPHAS) -> dict | None:
+                    mix_margin: float | None = None, mlp_folds_ms=None, alphas=OPRES_ALPHAS) -> dict | None:
     """Additive per-op-class correction of a few-shot fit, or None when it does not pay.
 
     The shared MLP carries the cost *ratios* between op kinds that its training devices taught it;
@@ -777,6 +803,16 @@ def fit_op_residual(m: LatencyModel, mats: list, y, state: dict, *, margin: floa
     second bar is there because with 10 noisy measurements (HELP NB201 raspi4: the MLP itself is
     30 % off in leave-one-out) the leave-one-out errors are too noisy to choose by: one draw picked
     a count model that ranked the rest at Spearman 0.22.
+
+    Last, given ``mlp_loo_ms``, a non-negative mixture of the trained devices' own predictors and the
+    adapted MLP (``mode: "mix"``, :func:`_mix_fit`: the ``MIX_DEVICES`` trained devices whose
+    predictions are closest to the measurements up to a scale, NNLS on relative error) replaces the
+    choice so far when its leave-one-out error (device choice redone per fold, the MLP column from
+    ``mlp_folds_ms``, the k refits) is under ``mix_margin`` (``MIX_MARGIN``) x that choice's; the
+    replaced choice is kept under ``instead_of``. It is approach 1 without measuring a proxy: the new
+    device is read as a blend of devices the MLP knows. Measured (benchmark model, 3 draws of 10):
+    HELP FBNet fpga 0.78 -> 0.85, NB201 unchanged; held-out phones/boards jetson-nano 0.56 -> 0.71.
+    At a margin of 1.0 it also replaced the MLP on NB201 raspi4 and lost 0.03 there.
 
     Measured in ``benchmarks/predictors.py`` (benchmark model, 10 samples, 3 draws): HELP NB201
     Spearman eyeriss 0.59 -> 0.99 (the count model), fpga 0.974 -> 0.999, titan_rtx 0.96 -> 1.00;
@@ -810,6 +846,7 @@ def fit_op_residual(m: LatencyModel, mats: list, y, state: dict, *, margin: floa
     # in-sample error (the residual is fitted on top of the MLP fitted to all k)
     mlp_err = float(np.mean(((y - np.asarray(mlp_loo_ms, dtype=np.float64)) / y) ** 2))
     ref = min(mlp_err, err * mlp_err / none_err) if kept and none_err > 0 else mlp_err
+    best = ref  # the honest error of the best candidate so far
     if out is not None:
         out["expected_rel_rmse"] = round(math.sqrt(ref), 5)
     n_cls = len(classes)
@@ -828,6 +865,25 @@ def fit_op_residual(m: LatencyModel, mats: list, y, state: dict, *, margin: floa
                "overhead_ms": float(lin[-1]), "loo_rel_rmse": round(math.sqrt(y_err), 5),
                "none_rel_rmse": round(math.sqrt(none_err), 5), "mlp_loo_rel_rmse": round(math.sqrt(mlp_err), 5),
                "expected_rel_rmse": round(math.sqrt(y_err), 5)}
+        best = y_err
+    mix_margin = MIX_MARGIN if mix_margin is None else mix_margin
+    if mix_margin > 0:
+        # a non-negative mixture of the adapted MLP and of trained devices' own predictors: the new
+        # device may share the latency structure of a few devices the MLP was trained on, which the
+        # embedding fit, started from datasheet features, does not find with 10 samples
+        T = device_totals(m, mats, trained_vectors(m))
+        own = own_folds = None
+        if mlp_folds_ms is not None and np.all(np.isfinite(mlp_folds_ms)):  # raw totals can overflow
+            own, own_folds = mlp_folds_ms[0], mlp_folds_ms[1:]
+        mix_err = float(np.mean((_mix_loo(T, y, own_folds=own_folds) / y - 1) ** 2))
+        cols, w, c, w0 = _mix_fit(T, y, own=own)
+        if mix_err < mix_margin * best and (np.any(w > 0) or w0 > 0):
+            keep = w > 1e-6 * max(w.max(), w0)  # NNLS leaves round-off weights on devices it does not use
+            out = {"mode": "mix", "own_w": w0, "devices": [m.devices[j] for j in cols[keep]],
+                   "w": w[keep].tolist(), "overhead_ms": c,
+                   "loo_rel_rmse": round(math.sqrt(mix_err), 5), "none_rel_rmse": round(math.sqrt(none_err), 5),
+                   "mlp_loo_rel_rmse": round(math.sqrt(mlp_err), 5), "expected_rel_rmse": round(math.sqrt(mix_err), 5),
+                   "instead_of": out}  # what would be used without the mixture (None: the adapted MLP)
     return out
 
 
@@ -859,6 +915,50 @@ def _ridge_loo(A: np.ndarray, t: np.ndarray, alphas, *, h0: float = 0.0):
     coef = np.zeros(A.shape[1])
     coef[keep] = best_w / sc[keep]
     return best_err, best_alpha, coef
+
+
+# ---------------------------------------------------------------------- trained-device mixture
+def device_totals(m: LatencyModel, mats: list, Z: np.ndarray) -> np.ndarray:
+    """(graphs x devices) predicted totals in ms of the op matrices ``mats`` under each device vector
+    of ``Z`` (MLP + per-graph overhead, no corrections). The MLP runs on distinct op rows only."""
+    X = np.concatenate(mats)
+    Xu, inv = np.unique(X, axis=0, return_inverse=True)
+    C = np.zeros((len(mats), len(Xu)))
+    np.add.at(C, (np.repeat(np.arange(len(mats)), [len(x) for x in mats]), inv.ravel()), 1.0)
+    out = np.empty((len(mats), len(Z)))
+    for j, z in enumerate(Z):
+        out[:, j] = C @ np.exp(m.op_log_latency(Xu, z)) + math.exp(m.overhead_log(z))
+    return out
+
+
+def _mix_fit(T: np.ndarray, y: np.ndarray, n_devices: int = MIX_DEVICES, own: np.ndarray | None = None):
+    """Non-negative mixture of trained devices' predictions: the ``n_devices`` columns of ``T``
+    (graphs x devices, ms) closest to ``y`` up to a scale (variance of the log ratio), plus ``own``
+    (the adapted MLP's raw totals) when given, then ``y ~ own w0 + T_sel w + c`` with all weights
+    >= 0, on relative error (NNLS). Returns (columns, w, c, w0)."""
+    from scipy.optimize import nnls
+
+    score = (np.log(y)[:, None] - np.log(np.maximum(T, 1e-12))).var(0)
+    cols = np.sort(np.argsort(score, kind="stable")[:n_devices])
+    A = np.hstack(([] if own is None else [own[:, None]]) + [T[:, cols], np.ones((len(y), 1))]) / y[:, None]
+    sc = np.median(A, 0)  # unit columns: a few-shot embedding's raw totals can be 1e17 ms (its offset rescales them)
+    w, _ = nnls(A / sc, np.ones(len(y)))
+    w = w / sc
+    w0, w = (0.0, w) if own is None else (float(w[0]), w[1:])
+    return cols, w[:-1], float(w[-1]), w0
+
+
+def _mix_loo(T: np.ndarray, y: np.ndarray, n_devices: int = MIX_DEVICES, own_folds: np.ndarray | None = None):
+    """Leave-one-out predictions of :func:`_mix_fit`; the device choice is redone in every fold and,
+    given ``own_folds`` (k x k: row i = the totals of the adapted MLP fitted without measurement i),
+    the adapted MLP's column is that fold's."""
+    out = np.empty(len(y))
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        own = None if own_folds is None else own_folds[i]
+        cols, w, c, w0 = _mix_fit(T[keep], y[keep], n_devices, None if own is None else own[keep])
+        out[i] = T[i, cols] @ w + c + (0.0 if own is None else w0 * own[i])
+    return out
 
 
 def opres_state(res: dict) -> tuple[dict, np.ndarray]:
@@ -904,20 +1004,26 @@ def model_matrix(model_ref, precision: str | None = None) -> np.ndarray:
     return graph_matrix(g, precision)[0]
 
 
-def _trained_embeddings(m: LatencyModel) -> np.ndarray:
-    """Embedding ``e = P d + R`` of every trained device (cached on the model)."""
-    if getattr(m, "_emb", None) is None:
+def trained_vectors(m: LatencyModel) -> np.ndarray:
+    """Device vector ``z = [normalised datasheet, embedding P d + R]`` of every trained device, one
+    row per ``m.devices`` entry (cached on the model)."""
+    if getattr(m, "_Z", None) is None:
         from edgepass.devices import get_device
 
-        E = np.zeros((len(m.devices), m.a["R"].shape[1]))
+        rows = []
         for i, d in enumerate(m.devices):
             try:
                 raw = device_raw_vector(get_device(d))
             except Exception:  # noqa: BLE001 -- a device dropped from the database since training
                 raw = m.a["dev_mu"]
-            E[i] = ((raw - m.a["dev_mu"]) / m.a["dev_sd"]) @ m.a["P"] + m.a["R"][i]
-        m._emb = E
-    return m._emb
+            rows.append(m.z_from(raw, m.a["R"][i]))
+        m._Z = np.asarray(rows)
+    return m._Z
+
+
+def _trained_embeddings(m: LatencyModel) -> np.ndarray:
+    """Embedding ``e = P d + R`` of every trained device."""
+    return trained_vectors(m)[:, len(m.a["dev_mu"]):]
 
 
 def init_residual(m: LatencyModel, mats: list, y: np.ndarray, raw: np.ndarray, fit_scale: bool = True):
@@ -956,7 +1062,8 @@ def _fit_embeddings(m: LatencyModel, mats: list, y: np.ndarray, raw: np.ndarray,
     ``masks`` (folds x k: which measurements each fit sees), all in one batched optimisation.
     Adam is element-wise and each fold's parameters only enter its own loss, so the folds are
     exactly independent fits; batching makes k leave-one-out refits cost ~3 fits, not k.
-    Returns (residuals F x E, offsets F, log scales F, log of each fold's predicted totals F x k)."""
+    Returns (residuals F x E, offsets F, log scales F, log of each fold's predicted totals F x k,
+    the same before the offset and scale)."""
     import torch
 
     a = m.a
@@ -1003,8 +1110,9 @@ def _fit_embeddings(m: LatencyModel, mats: list, y: np.ndarray, raw: np.ndarray,
         fold_loss.sum().backward()
         opt.step()
     with torch.no_grad():
-        pred = off[:, None] + (1 + lsc[:, None]) * log_totals()
-    return r.detach().numpy(), off.detach().numpy(), 1 + lsc.detach().numpy(), pred.numpy()
+        lraw = log_totals()
+        pred = off[:, None] + (1 + lsc[:, None]) * lraw
+    return r.detach().numpy(), off.detach().numpy(), 1 + lsc.detach().numpy(), pred.numpy(), lraw.numpy()
 
 
 def fit_state(m: LatencyModel, mats: list, y: np.ndarray, raw: np.ndarray, *, steps: int = 200,
@@ -1028,15 +1136,16 @@ def fit_state(m: LatencyModel, mats: list, y: np.ndarray, raw: np.ndarray, *, st
     loo = op_residual and k >= 4
     if loo:  # fold 0: all k; fold i: all but measurement i-1
         masks = np.vstack([masks, ~np.eye(k, dtype=bool)])
-    rs, offs, scales, lpred = _fit_embeddings(m, mats, y, raw, masks, r0, steps=steps, ridge=ridge,
-                                              fit_scale=fit_scale)
+    rs, offs, scales, lpred, lraw = _fit_embeddings(m, mats, y, raw, masks, r0, steps=steps, ridge=ridge,
+                                                    fit_scale=fit_scale)
     rmse = float(np.sqrt(np.mean((lpred[0] - np.log(y)) ** 2)))
     fit = {"model": m.version, "residual": [float(v) for v in rs[0]],
            "log_offset": float(offs[0]), "log_scale": float(scales[0]), "k": int(k),
            "init_from": init_dev, "fit_rmse_log": round(rmse, 5)}
     if loo:
         mlp_loo = np.exp(lpred[1:][np.arange(k), np.arange(k)])
-        res = fit_op_residual(m, mats, y, m.state_from_fit(raw, fit), mlp_loo_ms=mlp_loo)
+        res = fit_op_residual(m, mats, y, m.state_from_fit(raw, fit), mlp_loo_ms=mlp_loo,
+                              mlp_folds_ms=np.exp(lraw))
         fit["mlp_loo_rel_rmse"] = round(float(np.sqrt(np.mean(((y - mlp_loo) / y) ** 2))), 5)
         if res is not None:
             fit["op_residual"] = res

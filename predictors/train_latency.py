@@ -187,7 +187,7 @@ def collect_cached(directory, *, progress=True, refresh=False) -> Data:
     import os
     import pickle
 
-    from edgepass import dataset  # noqa: F401
+    from edgepass import dataset
 
     root = Path(__file__).resolve().parents[1] / "edgepass" / "data" / "dataset"
     h = hashlib.sha1()
@@ -204,6 +204,12 @@ def collect_cached(directory, *, progress=True, refresh=False) -> Data:
         for old in sorted(directory.glob("latency_data_*.pkl"), key=lambda p: p.stat().st_mtime)[-1:]:
             with open(old, "rb") as fh:
                 previous = pickle.load(fh)
+    specs = training_specs(dataset.load())
+    cached = sum(cached_features(s) is not None for s in specs)
+    if cached < 0.9 * len(specs):
+        # without them collect() keeps only this CPU's designs and a model trained on that is junk
+        raise RuntimeError(f"IR features are cached for only {cached} of the {len(specs)} training "
+                           f"architectures (in {dataset.cache_dir()}): run scripts/train_latency.py --featurize first")
     D = collect(progress=progress, reuse=previous)
     for old in directory.glob("latency_data_*.pkl"):
         old.unlink()

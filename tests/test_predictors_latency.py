@@ -110,11 +110,11 @@ def test_batched_leave_one_out_folds_are_independent_fits():
     raw = L.device_raw_vector(get_device("help/xeon-gold-6226"))
     k = len(mats)
     masks = np.vstack([np.ones((1, k), bool), ~np.eye(k, dtype=bool)[:3]])
-    r, off, sc, lp = L._fit_embeddings(m, mats, y, raw, masks, np.zeros(m.a["R"].shape[1]), steps=100, ridge=1.0,
+    r, off, sc, lp, _ = L._fit_embeddings(m, mats, y, raw, masks, np.zeros(m.a["R"].shape[1]), steps=100, ridge=1.0,
                                        fit_scale=True)
     for f in range(1, 4):
         keep = masks[f]
-        r1, off1, sc1, _ = L._fit_embeddings(m, [x for x, kk in zip(mats, keep) if kk], y[keep], raw,
+        r1, off1, sc1, _, _ = L._fit_embeddings(m, [x for x, kk in zip(mats, keep) if kk], y[keep], raw,
                                              np.ones((1, k - 1), bool), np.zeros(m.a["R"].shape[1]), steps=100,
                                              ridge=1.0, fit_scale=True)
         assert np.allclose(r[f], r1[0], atol=1e-6) and abs(off[f] - off1[0]) < 1e-6 and abs(sc[f] - sc1[0]) < 1e-6
@@ -337,6 +337,45 @@ def test_few_shot_count_model_replaces_the_mlp_on_a_count_device(space):
     notes = L.predict(space.design_graph(odd), dev, model=m).notes
     assert any("unlike the device's measured models" in n for n in notes)
     assert not any("unlike" in n for n in L.predict(space.design_graph(designs[0]), dev, model=m).notes)
+
+
+def test_few_shot_mixture_of_trained_devices(space, tmp_path):
+    """A device whose latency is 0.8 x what the predictor says for Eyeriss + 0.2 x a Titan RTX
+    + 0.05 ms, measured on 10 designs, while its datasheet says "CPU": leave-one-out prefers the
+    non-negative mixture of trained devices' predictors to the adapted MLP; it finds those two
+    devices and predicts 20 held-out designs to within 1 %, through a saved device file and the
+    LatencyTable alike."""
+    from dataclasses import replace
+
+    from edgepass.devices import get_device
+
+    m = L.load_model()
+    designs = [space.sample(i) for i in range(30)]
+    mats = [L.graph_matrix(space.design_graph(d))[0] for d in designs]
+    T = L.device_totals(m, mats, L.trained_vectors(m))
+    a, b = m.dev_index["hwnasbench/eyeriss"], m.dev_index["help/titan-rtx-b1"]
+    y = 0.8 * T[:, a] + 0.2 * T[:, b] + 0.05
+    base = get_device("local/cpu-ort-1t")
+    raw = L.device_raw_vector(base)
+    fit = L.fit_state(m, mats[:10], y[:10], raw)
+    res = fit["op_residual"]
+    assert res["mode"] == "mix" and {"hwnasbench/eyeriss", "help/titan-rtx-b1"} <= set(res["devices"])
+    assert res["loo_rel_rmse"] < 0.01 < res["mlp_loo_rel_rmse"]
+    st = m.state_from_fit(raw, fit)
+    assert "mixture of trained devices" in st["source"]
+    p = L.predict_matrices(mats[10:], st, m)
+    assert np.max(np.abs(p / y[10:] - 1)) < 0.01
+    plain = L.predict_matrices(mats[10:], m.state_from_fit(raw, {**fit, "op_residual": None}), m)
+    assert np.median(np.abs(plain / y[10:] - 1)) > 0.02  # the adapted MLP alone is further off
+    dev = replace(base, id="user/mixed-board", aliases=[], provenance={**base.provenance, L.FIT_KEY: fit})
+    dev.save(tmp_path / "board.json")
+    again = get_device(str(tmp_path / "board.json"))
+    tab = L.LatencyTable(space, again, model=m)
+    codes = np.stack([space.encode(d) for d in designs[10:]])
+    assert np.allclose(tab.predict(codes), p, rtol=1e-6)
+    est = L.predict(space.design_graph(designs[12]), again, model=m)
+    assert est.latency_ms == pytest.approx(p[2], rel=1e-6)
+    assert abs(sum(r.latency_ms for r in est.layers) - est.latency_ms) < 1e-9 * est.latency_ms + 1e-12
 
 
 def test_few_shot_op_class_residual_rarely_fits_noise():
