@@ -121,7 +121,8 @@ def fit_source(fit: dict) -> str:
         return "few-shot fit"
     if res.get("mode") == "mix":
         parts = ", ".join(f"{d} x{w:.2g}" for d, w in
-                          zip(["adapted predictor", *res["devices"]], [res.get("own_w", 0.0), *res["w"]]) if w > 0)
+                          zip(["adapted predictor", *res["devices"]], [res.get("own_w", 0.0), *res["w"]]) if w > 0) \
+            or f"a constant {res['overhead_ms']:.3g} ms"
         return (f"few-shot mixture of trained devices' predictors ({parts}; leave-one-out preferred it "
                 "to the adapted MLP)")
     if res.get("mode") == "replace":
@@ -877,8 +878,10 @@ def fit_op_residual(m: LatencyModel, mats: list, y, state: dict, *, margin: floa
             own, own_folds = mlp_folds_ms[0], mlp_folds_ms[1:]
         mix_err = float(np.mean((_mix_loo(T, y, own_folds=own_folds) / y - 1) ** 2))
         cols, w, c, w0 = _mix_fit(T, y, own=own)
-        if mix_err < mix_margin * best and (np.any(w > 0) or w0 > 0):
-            keep = w > 1e-6 * max(w.max(), w0)  # NNLS leaves round-off weights on devices it does not use
+        # NNLS leaves round-off weights on columns it does not use: drop parts under 1e-6 of the total
+        share = np.r_[0.0 if own is None else w0 * own.max(), w * T[:, cols].max(0)] / y.min()
+        w0, keep = (w0 if share[0] > 1e-6 else 0.0), share[1:] > 1e-6
+        if mix_err < mix_margin * best and (keep.any() or w0 > 0 or c > 0):
             out = {"mode": "mix", "own_w": w0, "devices": [m.devices[j] for j in cols[keep]],
                    "w": w[keep].tolist(), "overhead_ms": c,
                    "loo_rel_rmse": round(math.sqrt(mix_err), 5), "none_rel_rmse": round(math.sqrt(none_err), 5),

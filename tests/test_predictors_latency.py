@@ -378,6 +378,18 @@ def test_few_shot_mixture_of_trained_devices(space, tmp_path):
     assert abs(sum(r.latency_ms for r in est.layers) - est.latency_ms) < 1e-9 * est.latency_ms + 1e-12
 
 
+def test_few_shot_fit_of_a_device_that_takes_the_same_time_for_every_model(space):
+    """Six designs all measured at 1 ms (a runtime dominated by fixed overhead): the fit predicts
+    1 ms for designs it never saw, and says in words what it kept (no empty or round-off parts)."""
+    m = L.load_model()
+    graphs = [space.design_graph(space.sample(i)) for i in range(8)]
+    dev = L.fit_device([(g, 1.0) for g in graphs[:6]], name="flat board", model=m)
+    fit = dev.provenance[L.FIT_KEY]
+    assert [L.predict_latency(g, dev, model=m) for g in graphs[6:]] == pytest.approx([1.0, 1.0], rel=1e-3)
+    source = L.fit_source(fit)
+    assert "()" not in source and "(;" not in source and "e-1" not in source
+
+
 def test_few_shot_op_class_residual_rarely_fits_noise():
     """Measurements that are the MLP's own predictions times 3 % noise give leave-one-out no reason
     to add a residual: over 20 noise draws on 10 torchvision models it is kept at most 3 times
