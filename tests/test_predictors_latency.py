@@ -110,13 +110,13 @@ def test_batched_leave_one_out_folds_are_independent_fits():
     raw = L.device_raw_vector(get_device("help/xeon-gold-6226"))
     k = len(mats)
     masks = np.vstack([np.ones((1, k), bool), ~np.eye(k, dtype=bool)[:3]])
-    r, off, sc, lp, _ = L._fit_embeddings(m, mats, y, raw, masks, np.zeros(m.a["R"].shape[1]), steps=100, ridge=1.0,
-                                       fit_scale=True)
+    r, off, sc, lp, _ = L._fit_embeddings(m, mats, y, raw, masks, np.zeros(m.a["R"].shape[1]), steps=100,
+                                          ridge=1.0, fit_scale=True)
     for f in range(1, 4):
         keep = masks[f]
         r1, off1, sc1, _, _ = L._fit_embeddings(m, [x for x, kk in zip(mats, keep) if kk], y[keep], raw,
-                                             np.ones((1, k - 1), bool), np.zeros(m.a["R"].shape[1]), steps=100,
-                                             ridge=1.0, fit_scale=True)
+                                                np.ones((1, k - 1), bool), np.zeros(m.a["R"].shape[1]), steps=100,
+                                                ridge=1.0, fit_scale=True)
         assert np.allclose(r[f], r1[0], atol=1e-6) and abs(off[f] - off1[0]) < 1e-6 and abs(sc[f] - sc1[0]) < 1e-6
     fit = L.fit_state(m, mats, y, raw)
     assert fit["mlp_loo_rel_rmse"] > 0 and fit["mlp_loo_rel_rmse"] ** 2 > np.mean((np.exp(lp[0]) / y - 1) ** 2) * 0.9
