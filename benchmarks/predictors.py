@@ -9,14 +9,14 @@ The benchmark trains its own model (``benchmarks/out/latency_bench.npz``; ``--re
 --minutes 10`` made the reported one) WITHOUT the held-out devices and WITHOUT the held-out CPU
 models (1 in 5 specs by a stable hash, with every design of them); the shipped artifact is trained on
 everything (``scripts/train_latency.py``). Building the training rows needs the IR features cached
-(``scripts/train_latency.py --featurize``: ~3,300 architectures, ~0.2 s each; collecting refuses
-to run without them). The collected training rows are pickled in
-``benchmarks/out`` (collecting takes ~10 min; ``--recollect`` rebuilds). Sections: (a) HELP few-shot
-protocol with each device's ceiling (``device_ceiling``), (b) leave-one-device-out with approach 1 (proxy + monotone map) next to approach 2 (this
-predictor + few-shot fit) and the monotonicity-check confusion, (c) this CPU on held-out models with
-the per-device correction, a GBM residual and two baselines, (c'') the same pipeline scored on its
-own training rows, (c') the bundled digits CNN timed here, LatencyTable throughput, then
-``predictors_extra.py``'s sections unless ``--skip-extra``.
+(``scripts/train_latency.py --featurize``: ~3,300 architectures, ~0.2 s each; collecting refuses to
+run without them). The collected training rows are pickled in ``benchmarks/out`` (collecting takes
+~10 min; ``--recollect`` rebuilds). Sections: (a) HELP few-shot protocol with each device's ceiling
+(``device_ceiling``), (b) leave-one-device-out with approach 1 (proxy + monotone map) next to
+approach 2 (this predictor + few-shot fit) and the monotonicity-check confusion, (c) this CPU on
+held-out models with the per-device correction, a GBM residual and two baselines, (c'') the same
+pipeline scored on its own training rows, (c') the bundled digits CNN timed here, LatencyTable
+throughput, then ``predictors_extra.py``'s sections unless ``--skip-extra``.
 """
 from __future__ import annotations
 
@@ -253,9 +253,8 @@ def few_shot(model, D, rows, seed=0):
     pc = class_count_baseline(mats_tr, y_tr, mats_te)
     return {"n_eval": int(len(te)), "spearman": spearman(p, y_te), "within10": within(p, y_te),
             "spearman_mlp_only": spearman(p_mlp, y_te), "within10_mlp_only": within(p_mlp, y_te),
-            "op_residual_kept": bool(fit.get("op_residual")),
-            "count_model": bool(fit.get("op_residual") and fit["op_residual"].get("mode") == "replace"),
-            "mix_kept": bool(fit.get("op_residual") and fit["op_residual"].get("mode") == "mix"),
+            "op_residual_kept": bool(res), "count_model": bool(res and res.get("mode") == "replace"),
+            "mix_kept": bool(res and res.get("mode") == "mix"),
             "spearman_nomix": spearman(p_nomix, y_te), "within10_nomix": within(p_nomix, y_te),
             "spearman_noadapt": spearman(p0, y_te), "base_spearman": spearman(pb, y_te),
             "base_within10": within(pb, y_te), "counts_spearman": spearman(pc, y_te),
@@ -489,8 +488,8 @@ def main(argv=None) -> int:
           f"Spearman on the K samples among training devices) + monotone map (a1_*), lstsq FLOPs baseline (base_*), "
           f"ridge on op counts per class (counts_*); mix_kept / *_nomix as in (a)",
           out, ["device", "n_eval", "spearman", "within10", "spearman_mlp_only", "within10_mlp_only", "op_residual_kept",
-                "mix_kept", "spearman_nomix", "within10_nomix", "spearman_noadapt", "a1_proxy", "a1_k_rho", "a1_rho", "a1_w10", "base_spearman", "base_within10",
-                "counts_spearman", "counts_within10", "loo_rel_rmse", "test_rel_rmse", "flag/fail", "note"])
+                "mix_kept", "spearman_nomix", "within10_nomix", "spearman_noadapt", "a1_proxy", "a1_k_rho", "a1_rho",
+                "a1_w10", "base_spearman", "base_within10", "counts_spearman", "counts_within10", "loo_rel_rmse", "test_rel_rmse", "flag/fail", "note"])
     tp = sum(f["flagged"] and f["reuse_fails"] for f in flags)
     tn = sum(not f["flagged"] and not f["reuse_fails"] for f in flags)
     fp = sum(f["flagged"] and not f["reuse_fails"] for f in flags)
@@ -516,8 +515,7 @@ def main(argv=None) -> int:
            "gbm-only", "corr_rho", "corr_med_err", "net_rho", "net_med_err", "noise_iqr<=10%", "repeat_w10"])
     table("(c'') the shipped pipeline (mlp+corr+net) on the CPU rows it was fitted to vs held out: how far an "
           "additive per-op model gets on this CPU at all",
-          [{"device": d, **{k: v for k, v in n.items() if k in ("n_train", "in_sample_within10", "n_test",
-                                                                 "held_out_within10")}} for d, n in noise.items()],
+          [{"device": d, **n} for d, n in noise.items()],
           ["device", "n_train", "in_sample_within10", "n_test", "held_out_within10"])
     res["small_models"] = section_small_models()
     table("(c') small models, shipped predictor vs measured here (1 thread, >= 0.5 s of runs each): the "

@@ -384,8 +384,8 @@ def predict(graph, device, *, model: LatencyModel | None = None) -> Estimate:
         if "mlp_ab" in state:
             plain["a"], plain["b"] = state["mlp_ab"]
         ref = float(m.correct(_graph_total(m, X, plain)[0], plain))
-        index = state["opres"][0] if state.get("opres") is not None else {"*": 0}
-        unseen = set() if "*" in index else set(op_classes(X)) - set(index)
+        index = state["opres"][0] if state.get("opres") is not None else None
+        unseen = set() if index is None or "*" in index else set(op_classes(X)) - set(index)
         if not 0.5 <= total / max(ref, 1e-12) <= 2.0 or unseen:
             notes.append(f"warning: this model is unlike the device's measured models ({len(unseen)} op classes "
                          f"they lacked; {total:.3g} ms vs {ref:.3g} ms from the adapted predictor alone) -- "
@@ -921,13 +921,20 @@ def _ridge_loo(A: np.ndarray, t: np.ndarray, alphas, *, h0: float = 0.0):
 
 
 # ---------------------------------------------------------------------- trained-device mixture
-def device_totals(m: LatencyModel, mats: list, Z: np.ndarray) -> np.ndarray:
-    """(graphs x devices) predicted totals in ms of the op matrices ``mats`` under each device vector
-    of ``Z`` (MLP + per-graph overhead, no corrections). The MLP runs on distinct op rows only."""
-    X = np.concatenate(mats)
-    Xu, inv = np.unique(X, axis=0, return_inverse=True)
+def distinct_ops(mats: list) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct op rows of ``mats``, graphs x distinct-rows count matrix): models of one space repeat
+    the same ops (NB201: ~2,300 op rows in 10 cells, far fewer distinct ones), so the MLP runs on
+    distinct rows and the count matrix sums them per graph."""
+    Xu, inv = np.unique(np.concatenate(mats), axis=0, return_inverse=True)
     C = np.zeros((len(mats), len(Xu)))
     np.add.at(C, (np.repeat(np.arange(len(mats)), [len(x) for x in mats]), inv.ravel()), 1.0)
+    return Xu, C
+
+
+def device_totals(m: LatencyModel, mats: list, Z: np.ndarray) -> np.ndarray:
+    """(graphs x devices) predicted totals in ms of the op matrices ``mats`` under each device vector
+    of ``Z`` (MLP + per-graph overhead, no corrections)."""
+    Xu, C = distinct_ops(mats)
     out = np.empty((len(mats), len(Z)))
     for j, z in enumerate(Z):
         out[:, j] = C @ np.exp(m.op_log_latency(Xu, z)) + math.exp(m.overhead_log(z))
@@ -1072,11 +1079,7 @@ def _fit_embeddings(m: LatencyModel, mats: list, y: np.ndarray, raw: np.ndarray,
     a = m.a
     F, k = masks.shape
     dn = torch.tensor((raw - a["dev_mu"]) / a["dev_sd"])
-    # models of one space repeat the same ops (NB201: ~2,300 op rows in 10 cells, far fewer distinct
-    # ones), so the MLP runs on distinct rows and a (graphs x distinct ops) count matrix sums them
-    Xu, inv = np.unique(np.concatenate(mats), axis=0, return_inverse=True)
-    counts = np.zeros((k, len(Xu)))
-    np.add.at(counts, (np.repeat(np.arange(k), [len(x) for x in mats]), inv.ravel()), 1.0)
+    Xu, counts = distinct_ops(mats)
     X = torch.tensor((Xu - a["op_mu"]) / a["op_sd"])
     counts_t = torch.tensor(counts)
     Ws = [torch.tensor(a[f"W{i}"]) for i in range(m.n_layers)]
