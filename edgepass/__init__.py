@@ -2,7 +2,7 @@
 import importlib
 
 from .api import analyze
-from .errors import (DeviceError, EdgepassError, InfeasibleBudgetError, InputError,
+from .errors import (DeviceError, EdgepassError, InfeasibleBudgetError, InputError, OptionError,
                      UnsupportedModelError)
 from .ir import Graph, Op
 from .rewrite import Verification, VerificationError, apply, verify
@@ -14,7 +14,7 @@ from .compile import CompileOptions, compile, compile_fleet, compile_with_report
 
 __version__ = "0.1.0"
 
-__all__ = ["analyze", "Graph", "Op", "EdgepassError", "InputError", "UnsupportedModelError", "DeviceError",
+__all__ = ["analyze", "Graph", "Op", "EdgepassError", "InputError", "OptionError", "UnsupportedModelError", "DeviceError",
            "InfeasibleBudgetError", "design_space", "DesignSpace", "Design", "ChannelGroup", "apply", "verify",
            "Verification", "VerificationError", "predict", "optimize", "compile", "compile_with_report",
            "compile_fleet", "CompileOptions", "report_of", "devices", "__version__"]

@@ -89,6 +89,34 @@ def fx_input_specs(gm, example_inputs=None) -> list[InputSpec]:
     return specs
 
 
+def graph_input_specs(graph) -> list[InputSpec]:
+    """Input specs of an analysed model (an IR :class:`~edgepass.ir.Graph` of either front end):
+    dtypes from the backend model, shapes as analysed (fixed), the batch axis dynamic."""
+    backend = graph.graph.get("proto") if graph.graph.get("backend") == "onnx" else graph.graph.get("gm")
+    if backend is None:
+        dtypes = {}
+    elif graph.graph.get("backend") == "onnx":
+        dtypes = {s.name: s.dtype for s in onnx_input_specs(backend)}
+    else:
+        dtypes = {s.name: s.dtype for s in fx_input_specs(backend)}
+    tensors = graph.graph["tensors"]
+    return [InputSpec(name, (None, *tensors[name][1:]) if name in tensors else None, dtypes.get(name, np.float32))
+            for name in graph.graph["inputs"]]
+
+
+def accuracy_input(graph) -> InputSpec:
+    """The model's one floating-point input, which the accuracy predictor feeds (its own synthetic
+    samples or the calibration data); any other model is not supported by a compile."""
+    from .errors import UnsupportedModelError
+
+    specs = graph_input_specs(graph)
+    listed = ", ".join(f"{s.name} ({np.dtype(s.dtype).name})" for s in specs) or "none"
+    if len(specs) != 1 or not np.issubdtype(np.dtype(specs[0].dtype), np.floating):
+        raise UnsupportedModelError(f"a compile estimates accuracy by running the model on one floating-point "
+                                    f"input; this model's inputs: {listed} (analyze, predict and apply work)")
+    return specs[0]
+
+
 def _np_dtype(torch_dtype):
     import torch
 
@@ -110,43 +138,140 @@ def _as_array(x, where: str) -> np.ndarray:
     return arr
 
 
-def _load_npz(path: Path, specs: list[InputSpec]) -> dict:
+MAX_CALIBRATION_SAMPLES = 4096           # read from files; more samples change nothing the passes measure
+MAX_CALIBRATION_BYTES = 512 << 20        # per input, so a small compressed file cannot expand into GiBs
+
+
+class _ReadBudget:
+    """Samples and bytes still allowed from calibration files (a directory shares one budget)."""
+
+    def __init__(self):
+        self.samples, self.bytes, self.capped = MAX_CALIBRATION_SAMPLES, MAX_CALIBRATION_BYTES, []
+
+    def rows(self, shape: tuple, dtype: np.dtype) -> int:
+        """How many of an array's samples (axis 0) may be read."""
+        if not shape:
+            return 0
+        row_bytes = max(1, int(np.prod(shape[1:], dtype=np.float64)) * dtype.itemsize)
+        return int(min(shape[0], self.samples, self.bytes // row_bytes))
+
+    def spend(self, n: int, shape: tuple, dtype: np.dtype, where: str) -> None:
+        if shape and n < shape[0]:
+            self.capped.append(f"{where}: {n} of {shape[0]}")
+        if shape:
+            self.samples -= n
+            self.bytes -= n * max(1, int(np.prod(shape[1:], dtype=np.float64))) * dtype.itemsize
+
+
+def _npy_header(fh, where: str):
+    """(shape, fortran order, dtype) of an .npy stream, read without reading the data."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        version = np.lib.format.read_magic(fh)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+        shape, fortran, dtype = read(fh, max_header_size=10_000)
     except Exception as exc:
+        raise InputError(f"{where}: not a readable .npy array ({type(exc).__name__})") from None
+    if dtype.hasobject:
+        raise InputError(f"{where}: not a numeric array (object data is never unpickled)")
+    return tuple(int(d) for d in shape), fortran, dtype
+
+
+def _read_rows(fh, shape: tuple, fortran: bool, dtype: np.dtype, n: int, where: str) -> np.ndarray:
+    """The first ``n`` samples of an array whose header was just read from ``fh`` (reads only those)."""
+    if fortran and shape and n < shape[0]:
+        raise InputError(f"{where}: a Fortran-ordered array over the calibration limit; save it C-ordered")
+    count = int(np.prod((n, *shape[1:]) if shape else (), dtype=np.float64))
+    data = fh.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise InputError(f"{where}: truncated array data")
+    arr = np.frombuffer(data, dtype=dtype, count=count)
+    out_shape = (n, *shape[1:]) if shape else ()
+    return (arr.reshape(out_shape[::-1]).T if fortran else arr.reshape(out_shape)).copy()
+
+
+def _load_npy(path: Path, budget: _ReadBudget) -> np.ndarray:
+    try:
+        with open(path, "rb") as fh:
+            shape, fortran, dtype = _npy_header(fh, str(path))
+            n = budget.rows(shape, dtype)
+            arr = _read_rows(fh, shape, fortran, dtype, n, str(path))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    budget.spend(n, shape, dtype, str(path))
+    return arr
+
+
+def _load_npz(path: Path, specs: list[InputSpec], budget: _ReadBudget) -> dict:
+    """The arrays of an .npz, each member's header read first so that at most the budget is expanded."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {m[:-4]: m for m in z.namelist() if m.endswith(".npy")}
+            headers = {}
+            for key, member in members.items():
+                with z.open(member) as fh:
+                    headers[key] = _npy_header(fh, f"{path}[{key}]")
+            wanted = _npz_keys(path, list(members), specs)
+            n = min((budget.rows(headers[k][0], headers[k][2]) for k in wanted.values() if headers[k][0]),
+                    default=0)   # the same sample count for every input
+            arrays = {}
+            for name, key in wanted.items():
+                shape, fortran, dtype = headers[key]
+                with z.open(members[key]) as fh:
+                    _npy_header(fh, f"{path}[{key}]")
+                    arrays[name] = _read_rows(fh, shape, fortran, dtype, n if shape else 0, f"{path}[{key}]")
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise InputError(f"{path}: cannot read as .npz ({type(exc).__name__})") from None
+    for name, key in wanted.items():
+        budget.spend(n, headers[key][0], headers[key][2], f"{path}[{key}]")
+    return arrays
+
+
+def _npz_keys(path: Path, keys: list, specs: list[InputSpec]) -> dict:
+    """``{input name: npz key}``: keys named after the inputs, or for one input its only array or
+    the array named ``calibration``."""
     names = [s.name for s in specs]
-    if all(n in arrays for n in names):
-        return {n: arrays[n] for n in names}
+    if all(n in keys for n in names):
+        return {n: n for n in names}
     if len(specs) == 1:
-        if len(arrays) == 1:
-            return {names[0]: next(iter(arrays.values()))}
-        if "calibration" in arrays:
-            return {names[0]: arrays["calibration"]}
-    missing = [n for n in names if n not in arrays]
-    raise InputError(f"{path}: no array for input(s) {', '.join(missing)} (keys: {', '.join(sorted(arrays)) or 'none'})")
+        if len(keys) == 1:
+            return {names[0]: keys[0]}
+        if "calibration" in keys:
+            return {names[0]: "calibration"}
+    missing = [n for n in names if n not in keys]
+    raise InputError(f"{path}: no array for input(s) {', '.join(missing)} (keys: {', '.join(sorted(keys)) or 'none'})")
 
 
-def _load_path(path: Path, specs: list[InputSpec]) -> list:
+def _load_path(path: Path, specs: list[InputSpec], budget: _ReadBudget) -> list:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".npy", ".npz") and p.is_file())
         if not files:
             raise InputError(f"{path}: no .npy or .npz files in this directory")
         out: list = []
         for f in files:
-            out.extend(_load_path(f, specs))
+            if budget.samples <= 0 or budget.bytes <= 0:
+                budget.capped.append(f"{path}: files from {f.name} on")
+                break
+            out.extend(_load_path(f, specs, budget))
         return out
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if path.suffix == ".npz":
-        return [_load_npz(path, specs)]
+        return [_load_npz(path, specs, budget)]
     if path.suffix == ".npy":
-        try:
-            return [np.load(path, allow_pickle=False)]
-        except Exception as exc:
-            raise InputError(f"{path}: cannot read as .npy ({type(exc).__name__})") from None
+        return [_load_npy(path, budget)]
     raise InputError(f"{path}: calibration data must be a .npz or .npy file or a directory of them")
+
+
+def _load_files(path: Path, specs: list[InputSpec]) -> list:
+    budget = _ReadBudget()
+    batches = _load_path(path, specs, budget)
+    if budget.capped:
+        warnings.warn(f"calibration data over the limit ({MAX_CALIBRATION_SAMPLES} samples, "
+                      f"{MAX_CALIBRATION_BYTES >> 20} MiB per input): used the first samples only "
+                      f"({'; '.join(budget.capped[:3])})", stacklevel=4)
+    return batches
 
 
 def _to_batch_dict(batch, specs: list[InputSpec], where: str) -> dict:
@@ -214,12 +339,27 @@ def default_samples(specs: list[InputSpec], n: int = DEFAULT_SAMPLES, seed: int 
         if s.shape is None or any(d is None for d in s.shape[1:]):
             raise InputError(f"no calibration data given and input {s.name!r} has no fixed shape "
                              f"{_fmt(s.shape) if s.shape else ''}: pass calibration data")
-        shape = (n,) + tuple(s.shape[1:])
-        if np.issubdtype(np.dtype(s.dtype), np.floating):
-            out[s.name] = rng.standard_normal(shape).astype(s.dtype)
-        else:
-            out[s.name] = np.zeros(shape, dtype=s.dtype)
+        out[s.name] = random_array(rng, (n,) + tuple(s.shape[1:]), s.dtype)
     return out
+
+
+def random_array(rng, shape, dtype) -> np.ndarray:
+    """Standard-normal floats; zeros for integer and bool inputs (indices: 0 is in range of any table)."""
+    if np.issubdtype(np.dtype(dtype), np.floating):
+        return rng.standard_normal(shape).astype(dtype)
+    return np.zeros(shape, dtype=dtype)
+
+
+def random_feed(specs: list[InputSpec], seed: int = DEFAULT_SEED) -> dict:
+    """One seeded input per spec of its exact shape (a dynamic batch is 1) and dtype: a model's test run."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for s in specs:
+        if s.shape is None or any(d is None for d in s.shape[1:]):
+            raise InputError(f"input {s.name!r} has no fixed shape {_fmt(s.shape) if s.shape else ''}: "
+                             f"give its shape (--input-shape {s.name}:1,3,224,224)")
+        feed[s.name] = random_array(rng, (s.shape[0] or 1,) + tuple(s.shape[1:]), s.dtype)
+    return feed
 
 
 def samples(data, specs: list[InputSpec], *, what: str = "int8") -> dict:
@@ -231,7 +371,7 @@ def samples(data, specs: list[InputSpec], *, what: str = "int8") -> dict:
                       f"(seed {DEFAULT_SEED}); accuracy will suffer, pass representative inputs", stacklevel=3)
         return default_samples(specs)
     if isinstance(data, (str, os.PathLike)):
-        batches = _load_path(Path(os.fspath(data)), specs)
+        batches = _load_files(Path(os.fspath(data)), specs)
     elif isinstance(data, dict) or isinstance(data, np.ndarray) or hasattr(data, "detach"):
         batches = [data]
     elif isinstance(data, tuple) and len(specs) > 1:
@@ -259,6 +399,16 @@ def samples(data, specs: list[InputSpec], *, what: str = "int8") -> dict:
     if next(iter(out.values())).shape[0] == 0:
         raise InputError("calibration data is empty (0 samples)")
     return out
+
+
+def check_outputs_finite(outputs: np.ndarray, inputs: np.ndarray) -> None:
+    """Refuse calibration data on which the original model's ``outputs`` overflow (finite but extreme
+    values, e.g. near float32's maximum): no int8 range, refit or accuracy can be measured on it."""
+    if np.isfinite(outputs).all():
+        return
+    peak = float(np.max(np.abs(inputs))) if inputs.size else 0.0
+    raise InputError(f"calibration data: the model's outputs on it are not finite (they overflow; largest "
+                     f"|input| {peak:.3g}): give data scaled as the model expects")
 
 
 def _batch_size(specs: list[InputSpec], batch_size: int | None) -> int:

@@ -47,7 +47,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import EdgepassError, InputError
+from .errors import MAX_SEED, MAX_THREADS, EdgepassError, InputError
+from .fileio import check_files, read_text
 
 #: Columns of the training-set CSV (docs/training-set.md, ``cpu_ort.csv.gz``) ...
 TRAINING_COLUMNS = ["device", "spec", "design", "precision", "threads", "latency_ms", "iqr_ms", "p25_ms",
@@ -64,9 +65,9 @@ def _key(row: dict) -> tuple[str, str, str, str]:
 
 
 # ------------------------------------------------------------------ the plan
-def _positive_int(value, name: str, low: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise InputError(f"plan: {name} must be an integer >= {low}, got {value!r}")
+def _positive_int(value, name: str, low: int = 1, high: int = 10**9) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InputError(f"plan: {name} must be an integer from {low} to {high}, got {value!r}"[:300])
     return value
 
 
@@ -75,11 +76,9 @@ def load_plan(plan) -> tuple[dict, Path]:
     if isinstance(plan, (str, os.PathLike)):
         path = Path(plan)
         try:
-            data = json.loads(path.read_text())
-        except OSError as exc:
-            raise InputError(f"cannot read plan {path}: {exc.strerror or exc}") from None
-        except json.JSONDecodeError as exc:
-            raise InputError(f"plan {path} is not valid JSON: {exc}") from None
+            data = json.loads(read_text(path, "plan"))
+        except (ValueError, RecursionError) as exc:  # ValueError: also a 5000-digit integer
+            raise InputError(f"plan {path} is not valid JSON: {type(exc).__name__}: {exc}"[:300]) from None
         base = path.resolve().parent
     elif isinstance(plan, dict):
         data, base = json.loads(json.dumps(plan)), Path.cwd()  # a copy: the caller's dict is never modified
@@ -103,11 +102,11 @@ def load_plan(plan) -> tuple[dict, Path]:
                 raise InputError(f"plan: models[{i}] must be a string or {{'model': ..., 'random_designs': N, "
                                  f"'seed': S}} (got keys {sorted(m)})")
             _positive_int(m.get("random_designs", 1), f"models[{i}].random_designs")
-            _positive_int(m.get("seed", 0), f"models[{i}].seed", 0)
+            _positive_int(m.get("seed", 0), f"models[{i}].seed", 0, MAX_SEED)
         elif not isinstance(m, str) or not m.strip():
             raise InputError(f"plan: models[{i}] must be a zoo spec, an ONNX path or an object")
     data["devices"] = list(dict.fromkeys(d.strip() for d in devices))
-    data["threads"] = _positive_int(data.get("threads", 1), "threads")
+    data["threads"] = _positive_int(data.get("threads", 1), "threads", high=MAX_THREADS)
     data["runs"] = _positive_int(data.get("runs", 20), "runs")
     data["warmup"] = _positive_int(data.get("warmup", 5), "warmup", 0)
     return data, base
@@ -336,10 +335,12 @@ def run_campaign(plan, out=None, *, executor="inprocess", workers: int | None = 
 
     t0 = time.perf_counter()
     from_file = isinstance(plan, (str, os.PathLike))
+    plan_path = plan if from_file else None
     plan, base = load_plan(plan)
     out = Path(out) if out is not None else (base / "campaign.csv" if from_file else Path("campaign.csv"))
-    if not out.parent.is_dir():
-        raise InputError(f"{out}: directory {out.parent} does not exist")
+    onnx_files = [str(base / (m if isinstance(m, str) else m["model"]).strip()) for m in plan["models"]]
+    check_files(inputs={"plan": plan_path, "plan's model": [f for f in onnx_files if os.path.isfile(f)]},
+                outputs={"--out": out, "errors file": errors_path(out)})
     tasks, failures = expand(plan, base)
     data = AppendLog(out, COLUMNS)
     errs = AppendLog(errors_path(out), ERROR_COLUMNS, fresh=True)  # the failures of this run only
@@ -419,7 +420,7 @@ def is_campaign_csv(path) -> bool:
     try:
         with open(path, newline="") as fh:
             header = next(csv.reader(fh), [])
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError, csv.Error):
         return False
     return header[: len(TRAINING_COLUMNS)] == TRAINING_COLUMNS and "model" in header
 
@@ -430,9 +431,12 @@ def fit_pairs(path, device: str | None = None) -> tuple[list[tuple[Any, float]],
     A row with a design becomes the IR graph of that design (no rewrite needed to predict it)."""
     p = Path(path)
     try:
-        rows = list(csv.DictReader(p.open(newline="")))
+        with p.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
     except OSError as exc:
         raise InputError(f"cannot read {p}: {exc.strerror or exc}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: not a readable CSV ({type(exc).__name__}: {exc})") from None
     devices = sorted({r["device"] for r in rows})
     if device is None:
         if len(devices) != 1:
@@ -457,11 +461,13 @@ def fit_pairs(path, device: str | None = None) -> tuple[list[tuple[Any, float]],
 
 # ------------------------------------------------------------------ CLI
 def add_parser(subparsers) -> None:
+    from .commands import argtypes
+
     p = subparsers.add_parser("campaign", help="measure a plan of models x devices into a training-set CSV")
     p.add_argument("plan", help="plan JSON: devices, models (zoo specs, ONNX files, random designs)")
     p.add_argument("--executor", default="inprocess", choices=["inprocess", "process", "ray"],
                    help="where measurements run (ray: each on the host advertising its device)")
-    p.add_argument("--workers", type=int, help="worker processes (process pool / local Ray)")
+    p.add_argument("--workers", type=argtypes.workers, help="worker processes (process pool / local Ray)")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--out", help="dataset CSV to append to (default: campaign.csv next to the plan)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
 from .api import example_inputs_for, is_torch_module
-from .errors import InfeasibleBudgetError, InputError
+from .errors import MAX_SEED, InfeasibleBudgetError, InputError, OptionError
+from .fileio import can_write_in, check_files, check_input, is_device_file
+from .fileio import write_atomic  # noqa: F401  (edgepass.compile.write_atomic stays importable)
 
 LOCAL_PREFIX = "local/cpu-ort-"
 #: default ``evaluate_top`` with calibration data, and the largest model (MACs) it applies to: each
@@ -124,16 +126,12 @@ class Report:
 
 def _calibration_array(data, graph):
     """Calibration samples of a single-input model as one array (what the accuracy predictor takes)."""
+    from .calibration import accuracy_input, samples
+
+    spec = accuracy_input(graph)     # one float input, else a one-line refusal before any work
     if data is None:
         return None
-    from .calibration import InputSpec, samples
-
-    inputs = graph.graph["inputs"]
-    if len(inputs) != 1:
-        raise InputError("accuracy prediction supports single-input models; give calibration data for one input")
-    shape = graph.graph["tensors"][inputs[0]]
-    spec = InputSpec(inputs[0], (None, *shape[1:]), np.float32)
-    return samples(data, [spec], what="accuracy prediction")[inputs[0]]
+    return samples(data, [spec], what="accuracy prediction")[spec.name]
 
 
 def _layer_rows(space, design, table_before, table_after) -> list:
@@ -161,6 +159,24 @@ def _model_bytes(model) -> int:
             return sum(size(x) for x in v) if isinstance(v, (tuple, list)) else 0
         return int(sum(size(v) for v in model.state_dict().values()))
     return len(model.SerializeToString())
+
+
+def _check_number(name: str, value, *, allow_zero: bool = False) -> None:
+    """A budget: None, or a finite real number > 0 (>= 0 with ``allow_zero``); never a bool or a string."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise OptionError(f"{name} must be a number, not {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise OptionError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} finite number, "
+                          f"not {value!r}")
+
+
+def _check_int(name: str, value, *, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0 or \
+            (high is not None and value > high):
+        limit = f" up to {high}" if high is not None else ""
+        raise OptionError(f"{name} must be a non-negative integer{limit}, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -213,30 +229,69 @@ class CompileOptions:
     def __post_init__(self):
         from .optimizers.api import METHODS
 
-        if self.method not in METHODS:
-            raise InputError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.latency_fraction is not None:
-            if self.latency_ms is not None:
-                raise InputError("give latency_ms or latency_fraction, not both")
-            if not (np.isfinite(self.latency_fraction) and self.latency_fraction > 0):
-                raise InputError(f"latency_fraction must be a positive number, not {self.latency_fraction!r}")
-        if self.evaluate_top is not None and (not isinstance(self.evaluate_top, int) or self.evaluate_top < 0):
-            raise InputError(f"evaluate_top must be a non-negative integer, not {self.evaluate_top!r}")
+        if not isinstance(self.method, str) or self.method not in METHODS:
+            raise OptionError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        for name in ("latency_ms", "latency_fraction", "energy_mj"):
+            _check_number(name, getattr(self, name))
+        _check_number("max_accuracy_drop", self.max_accuracy_drop, allow_zero=True)
+        if self.latency_fraction is not None and self.latency_ms is not None:
+            raise OptionError("give latency_ms or latency_fraction, not both")
         if all(v is None for v in (self.latency_ms, self.latency_fraction, self.energy_mj, self.max_accuracy_drop)):
-            raise InputError("give a budget: latency_ms, latency_fraction, energy_mj and/or max_accuracy_drop")
-        # normalise list-like options so options compare and hash by value
-        object.__setattr__(self, "ignore", tuple(self.ignore or ()))
+            raise OptionError("give a budget: latency_ms, latency_fraction, energy_mj and/or max_accuracy_drop")
+        _check_int("seed", self.seed, high=MAX_SEED)
+        _check_int("finetune_steps", self.finetune_steps)
+        if self.evaluate_top is not None:
+            _check_int("evaluate_top", self.evaluate_top)
+        self._check_kinds()
+        # normalise list-like options so options compare and hash by value (one name is one layer)
+        object.__setattr__(self, "ignore", (self.ignore,) if isinstance(self.ignore, str) else tuple(self.ignore or ()))
         if self.precisions is not None:
             ps = self.precisions.split(",") if isinstance(self.precisions, str) else self.precisions
             object.__setattr__(self, "precisions", tuple(ps))
+        self._check_values()
+
+    def _check_kinds(self) -> None:
+        """Options of a fixed type: a wrong one is refused here, not deep inside a compile."""
+        for name in ("calibrate_latency",):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be True or False, not {getattr(self, name)!r}")
+        for name in ("measure", "reconstruct"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise OptionError(f"{name} must be True, False or None, not {getattr(self, name)!r}")
+        for name in ("cache_dir", "plot"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), (str, os.PathLike)):
+                raise OptionError(f"{name} must be a path, not {type(getattr(self, name)).__name__}")
+        for name in ("accuracy_options", "optimizer_options"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), dict):
+                raise OptionError(f"{name} must be a dict, not {type(getattr(self, name)).__name__}")
+        if self.ignore and not isinstance(self.ignore, (str, list, tuple, set, frozenset)):
+            raise OptionError(f"ignore must be a layer name or a list of them, not {type(self.ignore).__name__}")
+
+    def _check_values(self) -> None:
+        from .space import PRECISIONS
+
+        if not all(isinstance(n, str) for n in self.ignore):
+            raise OptionError(f"ignore must list layer names, not {list(self.ignore)!r}")
+        bad = [p for p in self.precisions or () if p not in PRECISIONS]
+        if bad or (self.precisions is not None and not self.precisions):
+            raise OptionError(f"precisions must be a subset of {', '.join(PRECISIONS)}, not {list(self.precisions)!r}")
+        if self.input_shapes is not None:
+            if not isinstance(self.input_shapes, dict) or not all(
+                    isinstance(k, str) and isinstance(dims, (list, tuple)) and dims and
+                    all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims)
+                    for k, dims in self.input_shapes.items()):
+                raise OptionError(f"input_shapes must map input names to positive dimensions, e.g. "
+                                  f"{{'input': (1, 3, 224, 224)}}, not {self.input_shapes!r}")
 
     @classmethod
     def of(cls, options: "CompileOptions | None" = None, **kwargs) -> "CompileOptions":
         """``options`` with ``kwargs`` replaced (unknown names: ``TypeError`` listing the valid ones)."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - names)
+        if options is not None and not isinstance(options, cls):
+            raise OptionError(f"options must be a CompileOptions (or give keywords), not {type(options).__name__}")
         if unknown:
-            raise TypeError(f"unknown compile option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            raise OptionError(f"unknown compile option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
         return replace(options, **kwargs) if options is not None else cls(**kwargs)
 
     def n_evaluated(self, macs: float = 0.0) -> int:
@@ -343,6 +398,54 @@ def target(prep: Prepared, precisions: tuple, options: CompileOptions) -> Target
                   load_evaluations(options.cache_dir, key), (options.cache_dir, key))
 
 
+def check_model_arg(model) -> None:
+    """``model`` is something a compile can read (a path must be a regular file), before any work."""
+    import onnx
+
+    if is_torch_module(model) or isinstance(model, (onnx.ModelProto, bytes, bytearray)):
+        return
+    if isinstance(model, (str, os.PathLike)):
+        check_input(model, "model")
+        return
+    raise OptionError(f"model must be a torch nn.Module, an onnx.ModelProto, ONNX bytes or a path to an ONNX "
+                      f"file, not {type(model).__name__}")
+
+
+def check_data_arg(opts: CompileOptions) -> None:
+    """Calibration data given as a path must be a regular file or a folder (never a FIFO)."""
+    if isinstance(opts.calibration_data, (str, os.PathLike)):
+        check_input(opts.calibration_data, "calibration data", allow_dir=True)
+
+
+_NO_CACHE: dict = {}   # unusable cache folder -> the throwaway folder used instead (warned once)
+
+
+def with_usable_cache(opts: CompileOptions) -> CompileOptions:
+    """``opts``, or, when its cache folder cannot be created or written, ``opts`` with a throwaway folder
+    removed at exit (one warning): a cache only saves time, it must never cost a compile."""
+    from .optimizers.api import cache_dir
+
+    try:
+        if can_write_in(cache_dir(opts.cache_dir)):
+            return opts
+        why = "not writable"
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+    key = str(opts.cache_dir or "default")
+    if key not in _NO_CACHE:
+        import atexit
+        import shutil
+        import sys
+        import tempfile
+
+        _NO_CACHE[key] = tempfile.mkdtemp(prefix="edgepass-nocache-")
+        atexit.register(shutil.rmtree, _NO_CACHE[key], ignore_errors=True)
+        where = opts.cache_dir or "the default cache folder ($EDGEPASS_CACHE or ~/.cache/edgepass)"
+        print(f"edgepass: warning: cache folder {where} is unusable ({why}); running without a cache",
+              file=sys.stderr)
+    return replace(opts, cache_dir=_NO_CACHE[key])
+
+
 def compile(model, device, options: CompileOptions | None = None, /, **kwargs):
     """Compile ``model`` for ``device`` within the budget; returns the type it was given with a report.
 
@@ -371,7 +474,16 @@ def compile_with_report(model, device, options: CompileOptions | None = None, /,
     from .devices import get_device
 
     opts = CompileOptions.of(options, **kwargs)
+    check_model_arg(model)
+    check_data_arg(opts)
+    if is_device_file(device):
+        check_input(device, "device file")
     dev = get_device(device)
+    if opts.plot:
+        check_files(inputs={"model": model if isinstance(model, (str, os.PathLike)) else None,
+                            "calibration data": opts.calibration_data if isinstance(
+                                opts.calibration_data, (str, os.PathLike)) else None}, outputs={"plot": opts.plot})
+    opts = with_usable_cache(opts)
     if opts.calibrate_latency:
         _check_local(dev)
     prep = prepare(model, opts)
@@ -577,6 +689,12 @@ def _select(tgt: Target, result, notes: list, *, latency_of=None, budget_ms=None
         notes.append(f"none of {len(rows)} candidates measured within the budget here: kept the optimizer's pick")
         eligible = [0]
     best = max(eligible, key=lambda i: (rows[i]["measured_on_calibration"], -i))
+    from .build_cache import confirm_records, decisive_candidates   # cached metrics may not decide unchecked
+
+    decisive = decisive_candidates([r["measured_on_calibration"] for r in rows], eligible, best)
+    if not confirm_records(tgt.evaluated, [result.candidates[i][0] for i in decisive], tgt.accuracy.evaluate,
+                           tgt.cache):
+        return _select(tgt, result, notes, latency_of=latency_of, budget_ms=budget_ms)
     rows[best]["chosen"] = True
     metric = tgt.accuracy.info.get("metric", "accuracy")
     if best != 0:
@@ -629,20 +747,6 @@ def report_of(model) -> dict | None:
         if p.key == "edgepass.report":
             return json.loads(p.value)
     return None
-
-
-def write_atomic(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory and a rename."""
-    path = Path(path)
-    if not path.parent.exists():
-        raise InputError(f"{path}: directory {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def compile_fleet(model, devices, outdir, options: CompileOptions | None = None, /, **kwargs) -> dict:

@@ -10,6 +10,11 @@ EXIT_USAGE = 2          # bad command line, unreadable / corrupt input, unwritab
 EXIT_INFEASIBLE = 3     # no design meets the budget (the closest one is still reported)
 EXIT_UNSUPPORTED = 4    # the model cannot be traced / analysed
 EXIT_DEVICE = 5         # unknown device id or invalid device file
+EXIT_INTERNAL = 70      # a bug: an unexpected exception (EX_SOFTWARE); the CLI prints one line
+
+# limits of numbers a user gives (larger ones are typos, and would fail deep inside a library)
+MAX_THREADS = 1024      # intra-op threads / worker processes: more than any machine has
+MAX_SEED = 2**32 - 1    # seeds go to numpy and torch: the range both accept
 
 
 class EdgepassError(Exception):
@@ -18,13 +23,27 @@ class EdgepassError(Exception):
     exit_code = EXIT_USAGE
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))  # always one line
+        super().__init__(one_line(message))
+
+
+MAX_MESSAGE_CHARS = 600
+
+
+def one_line(message) -> str:
+    """A message on one line, cut to a readable length (a user's 1 MB value must not come back whole)."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 15] + " ... (cut)"
 
 
 class InputError(EdgepassError):
     """The input model (or another input file) is missing, unreadable or corrupt."""
 
     exit_code = EXIT_USAGE
+
+
+class OptionError(InputError, TypeError):
+    """An option of the Python API or the command line with a wrong type or value, or an unknown one
+    (also a ``TypeError``, what Python raises for a wrong call)."""
 
 
 class UnsupportedModelError(EdgepassError):

@@ -15,14 +15,17 @@ fails its own row, never the fleet.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-from .compile import (CompileOptions, Report, allowed_precisions, compile_prepared, prepare, target,
-                      write_atomic)
+from .compile import (CompileOptions, Report, allowed_precisions, check_data_arg, check_model_arg, compile_prepared,
+                      prepare, target, with_usable_cache, write_atomic)
 from .errors import EXIT_INFEASIBLE, EdgepassError, InputError
+from .fileio import check_files, check_input, is_device_file, read_text
 
 EXIT_TASK_FAILED = 1   # a task crashed with something that is not an edgepass error (a bug, a dead worker)
 
@@ -32,19 +35,21 @@ def device_filename(device_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", device_id.replace("/", "__")).strip("._") or "device"
 
 
+MAX_ENTRY_CHARS = 4096   # PATH_MAX: a longer line cannot name a device file (and Path.is_file() would raise)
+
+
 def read_fleet_file(path) -> list[str]:
     """Device ids / device-file paths, one per line; ``#`` starts a comment. Relative paths are
     taken relative to the fleet file's directory when a file of that name is there."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the fleet file ({getattr(exc, 'strerror', None) or exc})") from None
+    text = read_text(path, "fleet file")
     entries = []
     for line in text.splitlines():
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
+        if len(entry) > MAX_ENTRY_CHARS:
+            raise InputError(f"{path}: an entry of {len(entry)} characters is neither a device id nor a path")
         beside = path.parent / entry
         entries.append(str(beside) if not Path(entry).is_absolute() and beside.is_file() else entry)
     if not entries:
@@ -75,7 +80,34 @@ def _seed_cache(cache_dir, files: dict) -> None:
     for name, data in files.items():
         path = base / name
         if not path.exists():
-            write_atomic(path, data)
+            try:
+                write_atomic(path, data)
+            except EdgepassError:
+                pass   # an unwritable cache costs this worker a retraining, not the device
+
+
+def _device_list(devices) -> list:
+    """``devices`` as a list: one id, path or Device is a fleet of one (a string is never split)."""
+    if isinstance(devices, (str, bytes, os.PathLike)) or not isinstance(devices, Iterable):
+        devices = [devices]
+    devices = list(devices)
+    if not devices:
+        raise InputError("no devices given")
+    return devices
+
+
+def _check_fleet_files(model, opts: CompileOptions, devices: list, outdir: Path, names: list, protect) -> None:
+    """Before any work: OUT can be created or written, and none of the files a fleet writes there is
+    one of its inputs (the model, calibration data, device files, ``protect``)."""
+    outputs = {"summary": outdir / "summary.json"}
+    for name in names:
+        outputs[f"output {name}.onnx"] = outdir / f"{name}.onnx"
+        outputs[f"report {name}.report.json"] = outdir / f"{name}.report.json"
+    inputs = {"model": model if isinstance(model, (str, os.PathLike)) else None,
+              "calibration data": opts.calibration_data if isinstance(opts.calibration_data, (str, os.PathLike))
+              else None,
+              "device file": [d for d in devices if is_device_file(d)], **(protect or {})}
+    check_files(inputs=inputs, outputs=outputs, into=outdir)
 
 
 def _row(entry, dev_id=None) -> dict:
@@ -107,7 +139,7 @@ def _as_onnx(model, opts: CompileOptions):
 
 def compile_fleet(model, devices, outdir, options: CompileOptions | None = None, /, *, executor: str = "inprocess",
                   workers: int | None = None, ray_address: str | None = None, progress: bool = True,
-                  **kwargs) -> dict:
+                  protect: dict | None = None, **kwargs) -> dict:
     """Compile ``model`` for every device of ``devices`` (ids, device-file paths or ``Device``s) into
     ``outdir``; returns the summary (also written to ``outdir/summary.json``).
 
@@ -115,7 +147,8 @@ def compile_fleet(model, devices, outdir, options: CompileOptions | None = None,
     ``latency_fraction`` sets each device's budget relative to its own predicted original latency.
     ``executor``: ``inprocess``, ``process`` (``workers`` processes) or ``ray`` (``ray_address``).
     The summary's ``exit_code`` is 0 when every device met its budget, 3 when some did not (their
-    closest designs are written), or the code of the first failed device.
+    closest designs are written), or the code of the first failed device. ``protect``: more inputs
+    (label -> path) no output may overwrite, e.g. the fleet file the devices came from.
     """
     from .devices import get_device
     from .executors import get_executor
@@ -123,19 +156,19 @@ def compile_fleet(model, devices, outdir, options: CompileOptions | None = None,
     opts = CompileOptions.of(options, **kwargs)
     if opts.plot:
         raise InputError("--plot draws one device's candidates: compile that device on its own to plot it")
+    check_model_arg(model)
+    check_data_arg(opts)
+    if not isinstance(outdir, (str, os.PathLike)):
+        raise InputError(f"outdir must be a path, not {type(outdir).__name__}")
     outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"{outdir}: a fleet compile writes into a directory, and this is a file")
-    if not outdir.parent.exists():
-        raise InputError(f"{outdir}: directory {outdir.parent} does not exist")
-    devices = list(devices)
-    if not devices:
-        raise InputError("no devices given")
+    devices = _device_list(devices)
     t_start = time.perf_counter()
 
     rows, items, names = [], [], set()
     for entry in devices:
         try:
+            if is_device_file(entry):
+                check_input(entry, "device file")
             dev = get_device(entry)
             precisions = allowed_precisions(dev, opts)
         except EdgepassError as exc:
@@ -152,6 +185,8 @@ def compile_fleet(model, devices, outdir, options: CompileOptions | None = None,
         rows.append(row)
         items.append((len(rows) - 1, (name, dev, precisions)))
 
+    _check_fleet_files(model, opts, devices, outdir, [it[1][0] for it in items], protect)
+    opts = with_usable_cache(opts)
     model, notes = _as_onnx(model, opts)
     seconds = {}
     prepared = prepare(model, opts) if items else None

@@ -97,13 +97,10 @@ def add_parser(subparsers) -> None:
 
 
 def _cmd_predict(args) -> int:
-    design = None
-    if args.design:
-        try:
-            design = Path(args.design).read_text()
-        except OSError as exc:
-            raise InputError(f"cannot read design {args.design}: {exc.strerror}") from None
     from .devices import get_device
+    from .fileio import read_text
+
+    design = read_text(args.design, "design file") if args.design else None
 
     get_device(args.device)  # unknown device -> DeviceError before any model work
     est = predict(args.model, args.device, design=design)
@@ -135,7 +132,10 @@ def _cmd_fit(args) -> int:
     from .predictors.latency import fit_device
 
     from .campaign import fit_pairs, is_campaign_csv
+    from .fileio import check_files, read_text
 
+    read_text(args.measurements, "measurements CSV")   # binary: one line, before the fit
+    check_files(inputs={"measurements CSV": args.measurements, "--base": args.base}, outputs={"-o": args.output})
     measurements, precision = args.measurements, None
     if is_campaign_csv(args.measurements):  # rows of many devices, designs as graphs
         measurements, precision = fit_pairs(args.measurements, args.from_device)

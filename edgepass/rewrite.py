@@ -77,7 +77,7 @@ def _fx_pipeline(space, design, *, calibration_data, importance, example_inputs=
         from .passes.precision_fx import PrecisionPassFX
 
         passes.append(PrecisionPassFX(design.precisions, calibration_data, mode=precision_mode,
-                                      example_inputs=example_inputs))
+                                      example_inputs=example_inputs, graph=space.graph))
     return Pipeline(*passes)
 
 
@@ -184,13 +184,13 @@ def run_model(model, inputs: list[np.ndarray], *, threads: int = 1) -> list[np.n
         return [o.detach().float().numpy() for o in out]
     import onnxruntime as ort
 
-    from .frontends.onnx import load_model
+    from .frontends.onnx import inference_session, load_model
 
     proto = load_model(model, check=False)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = inference_session(proto, so)
     names = [i.name for i in sess.get_inputs()]
     return [np.asarray(o, dtype=np.float32) for o in sess.run(None, dict(zip(names, inputs)))]
 
@@ -201,13 +201,10 @@ def _inputs_for(model, example_inputs, seed=0) -> list[np.ndarray]:
                 for x in (example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,))]
     if is_torch_module(model):
         return [x.numpy() for x in example_inputs_for(model, None)]
+    from .calibration import onnx_input_specs, random_feed
     from .frontends.onnx import fix_input_shapes, load_model
 
-    proto = fix_input_shapes(load_model(model, check=False))
-    inits = {i.name for i in proto.graph.initializer}
-    rng = np.random.default_rng(seed)
-    return [rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
-            for i in proto.graph.input if i.name not in inits]
+    return list(random_feed(onnx_input_specs(fix_input_shapes(load_model(model, check=False))), seed).values())
 
 
 def _strip_metadata(proto):

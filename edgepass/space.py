@@ -113,6 +113,33 @@ class ChannelGroup:
                 "frozen": self.frozen, "members": [list(m) for m in self.members]}
 
 
+MAX_DESIGN_INT = 1 << 24   # channels / kernel sizes beyond any real layer (keeps int() of JSON sane)
+
+
+def _design_int(knob: str, key, value) -> int:
+    # bool is an int in Python, and JSON's 3.0 is a float: accept whole finite numbers only
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or \
+            value in (float("inf"), float("-inf")) or int(value) != value or not 1 <= value <= MAX_DESIGN_INT:
+        raise InputError(f"design: {knob}[{key!r}] must be a whole number from 1 to {MAX_DESIGN_INT}, got "
+                         f"{str(value)[:40]}")
+    return int(value)
+
+
+def _design_precision(knob: str, key, value) -> str:
+    if value not in PRECISIONS:
+        raise InputError(f"design: {knob}[{key!r}] must be one of {', '.join(PRECISIONS)}, got {str(value)[:40]}")
+    return value
+
+
+def _design_key(knob: str, key) -> str:
+    if not isinstance(key, str) or not key:
+        raise InputError(f"design: {knob} keys must be layer names")
+    return key
+
+
+DESIGN_KNOBS = {"widths": _design_int, "kernels": _design_int, "precisions": _design_precision}
+
+
 @dataclass
 class Design:
     """One point of a design space: a width per group, a kernel per conv, a precision per layer.
@@ -134,18 +161,31 @@ class Design:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Design":
-        if not isinstance(d, dict) or not set(d) <= {"widths", "kernels", "precisions"}:
+        """A design from its JSON object; anything else is an :class:`InputError` naming what is wrong."""
+        if not isinstance(d, dict) or not set(d) <= set(DESIGN_KNOBS):
             raise InputError("a design is a JSON object with keys widths, kernels, precisions")
-        return cls(widths={str(k): int(v) for k, v in d.get("widths", {}).items()},
-                   kernels={str(k): int(v) for k, v in d.get("kernels", {}).items()},
-                   precisions={str(k): str(v) for k, v in d.get("precisions", {}).items()})
+        parts = {}
+        for knob, check in DESIGN_KNOBS.items():
+            entries = d.get(knob, {})
+            if not isinstance(entries, dict):
+                raise InputError(f"design: {knob} must be an object of layer name -> value, not "
+                                 f"{type(entries).__name__}")
+            parts[knob] = {_design_key(knob, k): check(knob, k, v) for k, v in entries.items()}
+        return cls(**parts)
 
     @classmethod
-    def from_json(cls, text: str) -> "Design":
+    def from_json(cls, text: str | bytes) -> "Design":
         try:
-            return cls.from_dict(json.loads(text))
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            if isinstance(text, (bytes, bytearray)):
+                text = bytes(text).decode("utf-8")
+            data = json.loads(text)
+        except UnicodeDecodeError:
+            raise InputError("design is not UTF-8 text (binary content)") from None
+        except RecursionError:
+            raise InputError("design is not valid JSON: nested too deeply") from None
+        except (TypeError, ValueError) as exc:  # ValueError: bad JSON, or an integer of thousands of digits
             raise InputError(f"design is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
 
     def diff(self, other: "Design") -> dict:
         """``{knob: {key: (mine, theirs)}}`` for every key that differs."""

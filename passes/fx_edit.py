@@ -57,6 +57,46 @@ def _update_module(mod: torch.nn.Module, attrs: dict) -> None:
             mod.normalized_shape = tuple(mod.normalized_shape[:-1]) + (int(attrs["channels"]),)
 
 
+_CONV_FUNCTIONS = (torch.nn.functional.conv1d, torch.nn.functional.conv2d, torch.nn.functional.conv3d)
+
+
+def _set_call_arg(node: torch.fx.Node, pos: int, name: str, value) -> None:
+    if len(node.args) > pos:
+        node.args = node.args[:pos] + (value,) + node.args[pos + 1:]
+    else:
+        node.kwargs = {**node.kwargs, name: value}
+
+
+def _update_functional_conv(gm: torch.fx.GraphModule, node: torch.fx.Node, edit) -> None:
+    """Padding and groups of ``F.convNd(x, w, b, stride, padding, dilation, groups)``: tracing through
+    a conv module that calls it (timm's ``StdConv2d``, any nn.Conv2d subclass) bakes the module's
+    attributes into the call, so they are rewritten there, and on the module when there is one."""
+    from edgepass.errors import UnsupportedModelError
+
+    if node.op != "call_function" or node.target not in _CONV_FUNCTIONS:
+        raise UnsupportedModelError(f"{edit.op}: kernel or group change of a {node.target} call is not supported")
+    if edit.attrs.get("groups") is not None:
+        _set_call_arg(node, 6, "groups", int(edit.attrs["groups"]))
+    padding = node.args[4] if len(node.args) > 4 else node.kwargs.get("padding", 0)
+    if edit.attrs.get("kernel") is not None and not isinstance(padding, str):  # "same" stays "same"
+        _set_call_arg(node, 4, "padding", tuple(int(p) for p in edit.attrs["pads"][:len(edit.attrs["kernel"])]))
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    if isinstance(weight, torch.fx.Node) and weight.op == "get_attr" and weight.target.endswith(".weight"):
+        owner = gm.get_submodule(weight.target[:-len(".weight")])
+        if isinstance(owner, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+            _update_module(owner, edit.attrs)
+            if isinstance(padding, str):
+                owner.padding = padding
+
+
+def layer_weight(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.Tensor:
+    """The weight of a conv/linear layer node: its module's, or the ``weight`` operand of a functional call."""
+    if node.op == "call_module":
+        return gm.get_submodule(node.target).weight
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+    return _get_tensor(gm, weight.target)
+
+
 def _rewrite_int(args, axis_pos: int, old: int, new: int):
     """Replace the literal ``old`` at ``axis_pos`` of a shape argument list (ints or a tuple)."""
     if len(args) == 1 and isinstance(args[0], (tuple, list)):
@@ -86,7 +126,7 @@ def apply_edits(gm: torch.fx.GraphModule, edits: list) -> list[str]:
         if node.op == "call_module":
             _update_module(gm.get_submodule(node.target), e.attrs)
         elif e.attrs.get("kernel") is not None or e.attrs.get("groups") is not None:
-            raise NotImplementedError(f"{e.op}: kernel/group changes of functional convs are not supported")
+            _update_functional_conv(gm, node, e)
         if "channels" in e.attrs and node.op == "call_function" and node.target is torch.nn.functional.layer_norm:
             shape = tuple(node.args[1])  # a LayerNorm2d traced through bakes normalized_shape into the graph
             node.args = (node.args[0], shape[:-1] + (int(e.attrs["channels"]),)) + tuple(node.args[2:])

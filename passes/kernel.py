@@ -47,6 +47,6 @@ class KernelPassFX(RewritePass):
     def ensures(self, gm) -> None:
         nodes = {n.name: n for n in gm.graph.nodes}
         for e in self.edits:
-            mod = gm.get_submodule(nodes[e.ref].target)
-            if tuple(mod.weight.shape[2:]) != tuple(e.attrs["kernel"]):
-                raise PostconditionError(f"{e.op}: kernel {tuple(mod.weight.shape[2:])}, design says {e.attrs['kernel']}")
+            weight = fx_edit.layer_weight(gm, nodes[e.ref])
+            if tuple(weight.shape[2:]) != tuple(e.attrs["kernel"]):
+                raise PostconditionError(f"{e.op}: kernel {tuple(weight.shape[2:])}, design says {e.attrs['kernel']}")

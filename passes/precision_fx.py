@@ -16,6 +16,12 @@ observer: equal accuracy on the digits model and a fraction of the calibration t
 Activations are uint8 over the full 0..255 range when the CPU has VNNI (no u8*s8 saturation
 there); without VNNI the 7-bit ``reduce_range`` fbgemm needs.
 
+Why not the torch.export flow (PT2E, ``torchao.quantization.pt2e``, torchao 0.18.0 on torch 2.14.1):
+it imports and selects layers by module name, but its x86 quantizer fails on resnet18 ("Input
+partition has more than one output node", even with a global config), its converted module is an
+aten-level graph of fp32 ops between quantize/dequantize (int8 kernels only under torch.compile),
+and that graph loses the layer names the IR, the verifier and a design rely on.
+
 Note that ``prepare_fx`` also folds eval-mode BatchNorm into the preceding conv of *every*
 conv-bn pattern, int8 or not; numerically that is the same network.
 
@@ -34,6 +40,7 @@ import warnings
 import torch
 import torch.fx
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from edgepass.calibration import calibration_tensors
 from edgepass.errors import InputError, UnsupportedModelError
@@ -91,6 +98,78 @@ def _is_fused_layer(mod) -> bool:
     return isinstance(mod, _FusedModule) and isinstance(mod[0], _LAYER_TYPES)
 
 
+_FUNCTIONAL_LAYERS = {torch.nn.functional.linear: nn.Linear, torch.nn.functional.conv1d: nn.Conv1d,
+                      torch.nn.functional.conv2d: nn.Conv2d, torch.nn.functional.conv3d: nn.Conv3d}
+_CONV_ARGS = (("stride", 1), ("padding", 0), ("dilation", 1), ("groups", 1))  # F.convNd after (x, w, b)
+
+
+def _call_arg(node: torch.fx.Node, pos: int, name: str, default=None):
+    return node.args[pos] if len(node.args) > pos else node.kwargs.get(name, default)
+
+
+def _functional_layer_owner(gm: torch.fx.GraphModule, node: torch.fx.Node) -> str | None:
+    """The module path ``m`` of ``F.linear(x, m.weight, m.bias)`` / ``F.convNd(...)`` (the IR's layer
+    name) when ``m`` holds nothing else, so a plain nn.Linear / nn.ConvNd can take its place."""
+    weight, bias = _call_arg(node, 1, "weight"), _call_arg(node, 2, "bias")
+    if not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr" and weight.target.endswith(".weight")):
+        return None
+    owner = weight.target[:-len(".weight")]
+    if bias is not None and not (isinstance(bias, torch.fx.Node) and bias.op == "get_attr"
+                                 and bias.target == f"{owner}.bias"):
+        return None
+    mod = gm.get_submodule(owner)
+    state = {k for k, v in list(mod.named_parameters()) + list(mod.named_buffers()) if v is not None}
+    if next(mod.children(), None) is not None or not state <= {"weight", "bias"}:
+        return None
+    return owner
+
+
+def _plain_layer(node: torch.fx.Node, weight: torch.Tensor, bias) -> nn.Module:
+    """An nn.Linear / nn.ConvNd that computes ``node`` (a functional call) with these parameters."""
+    cls = _FUNCTIONAL_LAYERS[node.target]
+    with torch.device("meta"):
+        if cls is nn.Linear:
+            layer = cls(weight.shape[1], weight.shape[0], bias=bias is not None)
+        else:
+            kw = {name: _call_arg(node, 3 + i, name, default) for i, (name, default) in enumerate(_CONV_ARGS)}
+            layer = cls(weight.shape[1] * kw["groups"], weight.shape[0], tuple(weight.shape[2:]),
+                        bias=bias is not None, **kw)
+    layer.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        layer.bias = bias if isinstance(bias, nn.Parameter) else nn.Parameter(bias, requires_grad=False)
+    return layer
+
+
+def functional_layers_to_modules(gm: torch.fx.GraphModule, names) -> list[str]:
+    """Make the functional conv/linear layers named in ``names`` module calls, in place.
+
+    A module FX traces through (timm's ``Linear``, an nn.Linear subclass whose forward calls
+    ``F.linear(x, self.weight, self.bias)``) leaves a functional call the IR names after the module
+    (``classifier``) but that torch's quantization cannot target by name. The module is replaced by
+    a plain nn.Linear / nn.ConvNd holding the same parameters and the call becomes a call of it
+    (same node, same name). Returns the layers converted.
+    """
+    names, done = set(names), []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in _FUNCTIONAL_LAYERS:
+            continue
+        owner = _functional_layer_owner(gm, node)
+        if owner is None or owner not in names or owner in done:  # a layer called twice keeps its 2nd call
+            continue
+        old = gm.get_submodule(owner)
+        gm.set_submodule(owner, _plain_layer(node, old.weight, getattr(old, "bias", None)))
+        inputs = [a for a in node.all_input_nodes if a.op == "get_attr"]
+        node.op, node.target, node.args, node.kwargs = "call_module", owner, (_call_arg(node, 0, "input"),), {}
+        for a in inputs:
+            if not a.users:
+                gm.graph.erase_node(a)
+        done.append(owner)
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
 def _round_fp16(x):
     """Round through float16, compute on in float32 (fp16 simulation)."""
     return x.half().float()
@@ -146,6 +225,13 @@ def _target(gm, node):
     return node.target if node.op in ("call_function", "call_method") else None
 
 
+def _produces_tensor(node: torch.fx.Node) -> bool:
+    """Whether ``node`` computes a tensor, not shape arithmetic such as ``x.size(1) // 2`` (ShapeProp's
+    ``type``; a node it did not run counts as a tensor)."""
+    kind = node.meta.get("type")
+    return kind is None or issubclass(kind, torch.Tensor)
+
+
 def insert_dequantize_barriers(gm: torch.fx.GraphModule, backend) -> int:
     """Fence every "shares its input's observer" op (max pool, relu6, flatten...) with no-op ``.float()``.
 
@@ -155,13 +241,16 @@ def insert_dequantize_barriers(gm: torch.fx.GraphModule, backend) -> int:
     quantized and skips the next int8 layer's quantize (mobilenet_v2's ReLU6: silent garbage).
     ``float`` is not a quantizable op, so a ``.float()`` before and after makes convert dequantize
     into and quantize out of the op. A ReLU right after a conv/linear/bn gets no fence in front,
-    so conv-bn-relu still fuses into one int8 kernel.
+    so conv-bn-relu still fuses into one int8 kernel. Shape arithmetic (``floordiv`` of a
+    ``size()`` in a channel shuffle) is left alone when the graph carries ShapeProp metadata.
     """
     shared = _share_observer_patterns(backend)
     n_inserted = 0
     for node in list(gm.graph.nodes):
         t = _target(gm, node)
         if t is None or t not in shared or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        if not (_produces_tensor(node) and _produces_tensor(node.args[0])):
             continue
         src = node.args[0]
         fusable = t in _FUSABLE_ACTS and src.op == "call_module" and isinstance(
@@ -178,6 +267,21 @@ def insert_dequantize_barriers(gm: torch.fx.GraphModule, backend) -> int:
     gm.graph.lint()
     gm.recompile()
     return n_inserted
+
+
+def views_to_reshapes(gm: torch.fx.GraphModule) -> int:
+    """``x.view(shape)`` -> ``x.reshape(shape)``: int8 convs return channels-last tensors, which
+    ``view`` cannot flatten (the classic MNIST net's ``x.view(x.size(0), -1)``). Same values; reshape
+    copies only when a view is impossible. ``view(dtype)`` is left alone."""
+    n = 0
+    for node in gm.graph.nodes:
+        if node.op == "call_method" and node.target == "view" and not node.kwargs and \
+                not any(isinstance(a, torch.dtype) for a in node.args[1:]):
+            node.target = "reshape"
+            n += 1
+    if n:
+        gm.recompile()
+    return n
 
 
 def adopt(gm: torch.fx.GraphModule, new: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -198,13 +302,16 @@ class PrecisionPassFX(RewritePass):
     anything :mod:`edgepass.calibration` accepts; ``example_inputs`` give the input shape when
     there is no data and the module carries no ShapeProp metadata. ``mode``: ``"convert"``
     (deployable int8) or ``"fake"`` (fake-quant estimate). ``fp16``: ``"native"`` or ``"simulate"``.
+    ``graph``: the model's IR (``edgepass.analyze``) when the caller has it; its layer names are
+    the ones a design may use, and a layer torch cannot requantize (a MultiheadAttention
+    projection, ``x @ W``) is refused by name unless the design keeps it fp32.
     """
 
     name = "precision"
 
     def __init__(self, precisions, calibration=None, *, mode: str = "convert", fp16: str = "native",
                  example_inputs=None, reduce_range: bool | None = None, batch_size: int | None = None,
-                 max_samples: int | None = None):
+                 max_samples: int | None = None, graph=None):
         super().__init__()
         if mode not in ("convert", "fake"):
             raise InputError(f"mode must be 'convert' or 'fake', not {mode!r}")
@@ -218,15 +325,31 @@ class PrecisionPassFX(RewritePass):
         self.reduce_range = reduce_range
         self.batch_size = batch_size
         self.max_samples = max_samples
+        self.graph = graph
         self._plan: dict = {}
 
     def requires(self, model) -> None:
         if not isinstance(model, torch.fx.GraphModule):
             raise PreconditionError(f"PrecisionPassFX takes a torch.fx.GraphModule, not {type(model).__name__}")
 
+    def _layers(self, gm: torch.fx.GraphModule) -> dict[str, torch.fx.Node]:
+        """The layers this pass can set, after checking every layer the design names exists and
+        that each one it lowers from fp32 is one torch can rewrite."""
+        lowered = [k for k, p in self.precisions.items() if p != "fp32"]
+        functional_layers_to_modules(gm, lowered)
+        layers = layer_nodes(gm)
+        check_layers(self.precisions, list(layers) if self.graph is None else
+                     list(dict.fromkeys([op.name for op in self.graph.layers()] + list(layers))))
+        for k in lowered:
+            if k not in layers:
+                raise UnsupportedModelError(
+                    f"layer {k}: {self.precisions[k]} is not possible in the PyTorch back end (not a conv or "
+                    f"linear module call: attention projection, matmul or functional op); keep it fp32 or "
+                    f"use the ONNX back end")
+        return layers
+
     def call(self, model: torch.fx.GraphModule):
-        layers = layer_nodes(model)
-        check_layers(self.precisions, list(layers))
+        layers = self._layers(model)
         int8 = [k for k in layers if self.precisions.get(k) == "int8"]
         fp16 = [k for k in layers if self.precisions.get(k) == "fp16"]
         self._plan = {"int8": int8, "fp16": fp16}
@@ -267,8 +390,9 @@ class PrecisionPassFX(RewritePass):
         for k in int8:
             mapping.set_module_name(k, qc)
         backend = get_native_backend_config()
-        with torch.no_grad():
-            ref = gm(*batches[0])      # before prepare_fx, which folds batch norms into gm in place
+        with torch.no_grad():  # before prepare_fx, which folds batch norms into gm in place
+            ref = ShapeProp(gm).propagate(*batches[0])  # and tells tensors from shape arithmetic
+        views_to_reshapes(gm)
         insert_dequantize_barriers(gm, backend)
         if self.mode == "fake":
             prepared = prepare_qat_fx(gm.train(), mapping, batches[0], backend_config=backend).eval()

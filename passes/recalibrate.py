@@ -23,6 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from edgepass.calibration import calibration_feeds, calibration_tensors
+from edgepass.frontends.onnx import inference_session
 
 from . import onnx_edit
 from .base import RewritePass
@@ -69,7 +70,7 @@ def _ort_session(m: onnx.ModelProto):
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return inference_session(m, so)
 
 
 def output_session(proto: onnx.ModelProto, outputs: list[str]):

@@ -188,6 +188,31 @@ class _Layer:
         return w_new, b_new.reshape(-1)
 
 
+def refit(lay: _Layer, x: np.ndarray, y: np.ndarray):
+    """:meth:`_Layer.solve`, or None when the least-squares system cannot give usable weights (inputs
+    or targets not finite, e.g. activations overflowing on extreme calibration values; a singular
+    system; a non-finite solution): the layer then keeps its weights."""
+    if x.shape[0] != y.shape[0] or x.shape[0] == 0 or not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return None
+    try:
+        with np.errstate(all="ignore"):     # an overflow makes the system unusable: caught just below
+            w, b = lay.solve(x, y)
+    except np.linalg.LinAlgError:
+        return None
+    if w.shape != lay.w0.shape or not (np.isfinite(w).all() and np.isfinite(b).all()):
+        return None
+    return w, b
+
+
+def refit_notes(done: set, failed: list, total: int) -> list[str]:
+    notes = [f"refitted {len(done)} layers to the original's outputs by least squares on {total} samples"] \
+        if done else []
+    if failed:
+        notes.append(f"kept the weights of {len(failed)} layer(s) whose least-squares refit failed "
+                     f"(non-finite or singular): {', '.join(failed[:5])}")
+    return notes
+
+
 def default_on(space) -> bool:
     """Whether a rewrite of ``space``'s model reconstructs unless told (see :data:`MAX_WORK`)."""
     return len(space.graph.layers()) * space.graph.macs <= MAX_WORK
@@ -239,6 +264,7 @@ class ReconstructPassONNX(RewritePass):
             start += len(next(iter(f.values())))
         del sess
         writer = onnx_edit._Writer(model)
+        failed: list = []
         for n, lay in layers.items():
             y = np.concatenate(ys.pop(n))
             sess = output_session(ir.to_proto(model), [lay.in_tensor])
@@ -248,19 +274,17 @@ class ReconstructPassONNX(RewritePass):
                 rows = lay.patches(x, start)
                 xs.append(rows.reshape(rows.shape[0], -1))
                 start += x.shape[0]
-            x = np.concatenate(xs)
-            if x.shape[0] != y.shape[0] or x.shape[0] == 0:
+            fit = refit(lay, np.concatenate(xs), y)
+            if fit is None:
+                failed.append(n)
                 continue
-            w, b = lay.solve(x, y)
-            if w.shape != lay.w0.shape or not np.all(np.isfinite(w)) or not np.all(np.isfinite(b)):
-                continue
+            w, b = fit
             writer.set_input(lay.node, 1, w.astype(np.float32))
             if len(lay.node.inputs) < 3 or lay.node.inputs[2] is None:
                 lay.node.resize_inputs(3)
             writer.set_input(lay.node, 2, b.astype(np.float32))
             self.done.add(n)
-        return self.result(model, [f"refitted {len(self.done)} layers to the original's outputs by least squares "
-                                   f"on {total} samples"] if self.done else [])
+        return self.result(model, refit_notes(self.done, failed, total))
 
 
 class _Captured(Exception):
@@ -343,17 +367,19 @@ class ReconstructPassFX(RewritePass):
         finally:
             for h in hooks:
                 h.remove()
+        failed: list = []
         try:
             for n, (lay, _) in layers.items():
                 if n not in ys:
                     continue
                 x = self._inputs(gm, lay, batches)
-                y = np.concatenate(ys.pop(n))
-                if x is None or x.shape[0] != y.shape[0] or x.shape[0] == 0:
+                if x is None:
                     continue
-                w, b = lay.solve(x, y)
-                if w.shape != lay.w0.shape or not (np.all(np.isfinite(w)) and np.all(np.isfinite(b))):
+                fit = refit(lay, x, np.concatenate(ys.pop(n)))
+                if fit is None:
+                    failed.append(n)
                     continue
+                w, b = fit
                 mod = lay.module
                 with torch.no_grad():
                     mod.weight.copy_(torch.from_numpy(w).to(mod.weight.dtype))
@@ -365,8 +391,7 @@ class ReconstructPassFX(RewritePass):
         finally:
             gm.train(modes[0])
             self.teacher.train(modes[1])
-        return self.result(gm, [f"refitted {len(self.done)} layers to the original's outputs by least squares "
-                                f"on {total} samples"] if self.done else [])
+        return self.result(gm, refit_notes(self.done, failed, total))
 
     @staticmethod
     def _inputs(gm, lay: _Layer, batches):

@@ -58,6 +58,8 @@ import warnings
 
 import numpy as np
 
+from edgepass.calibration import check_outputs_finite
+
 from .stats import spearman
 
 KNOB_TYPES = ("widths", "kernels", "precisions")
@@ -127,6 +129,7 @@ class AccuracyPredictor:
         self.labels = None if labels is None else np.asarray(labels)
         self.metric = "accuracy" if self.labels is not None else "fidelity"
         self.reference_logits = self._logits(model)
+        check_outputs_finite(self.reference_logits, self.x)
         self.reference = self.reference_logits.argmax(1)
         self.knobs = self.space.knobs()
         self.delta: list[np.ndarray] | None = None

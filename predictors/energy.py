@@ -141,7 +141,9 @@ class EnergyTable:
         self.calibrated = bool(cal)
         combos = op_combos(latency_table.space)
         onchip = dev.datasheet.get("onchip_mb")
-        dyn = np.array([op_dynamic_energy(o, dev.kind, onchip_mb=onchip) for _, _, ops in combos for o in ops])
+        ops = [o for _, _, group in combos for o in group]
+        dyn = np.array([op_dynamic_energy(o, dev.kind, onchip_mb=onchip) for o in ops])
+        check_energies(dyn, [o.name for o in ops], dev)
         self.constant, self.tables = summed_tables(combos, dyn)
 
     def predict(self, codes: np.ndarray) -> np.ndarray:
@@ -150,6 +152,18 @@ class EnergyTable:
         lat = self.latency_table.predict(codes)
         static = np.where(np.isfinite(lat) & (lat > 0) & (lat < 1e7), lat, 0.0)   # as predict_energy
         return self.k_dyn * table_sums(codes, self.constant, self.tables) + self.static_w * static
+
+
+def check_energies(per_op_mj, names, dev) -> None:
+    """Refuse a non-finite or negative op energy, naming the op (the sums would hide which)."""
+    from edgepass.errors import InputError
+
+    values = np.asarray(per_op_mj, dtype=np.float64)
+    bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0)))
+    if bad.size:
+        i = int(bad[0])
+        raise InputError(f"the energy predictor gave {values[i]} mJ for op {names[i]} on device {dev.id}; "
+                         "refusing to use it")
 
 
 def _static_w(dev, cal: dict | None) -> float:
@@ -169,9 +183,15 @@ def predict_energy(graph, device, *, latency_ms: float | None = None, precision:
     only when the device's class was fitted on measured energy (MLPerf Tiny). ``precision``
     re-prices every op at one precision (default: each op's own).
     """
+    from edgepass.errors import InputError
+
     dev = _device(device)
+    if latency_ms is not None and not (isinstance(latency_ms, (int, float, np.number)) and not isinstance(
+            latency_ms, bool) and np.isfinite(latency_ms) and latency_ms >= 0):
+        raise InputError(f"latency_ms must be a finite number >= 0, got {latency_ms!r}")
     cal = calibration().get("classes", {}).get(dev.kind)
     dyn = dynamic_energy(graph, dev.kind, precision=precision, onchip_mb=dev.datasheet.get("onchip_mb"))
+    check_energies(list(dyn.values()), list(dyn), dev)
     k_dyn = cal["k_dyn"] if cal else 1.0
     notes = []
     if latency_ms is None:
@@ -192,6 +212,7 @@ def predict_energy(graph, device, *, latency_ms: float | None = None, precision:
     static_mj = p_static * float(latency_ms)
     dyn_total = k_dyn * sum(dyn.values())
     total = dyn_total + static_mj
+    check_energies([total], ["(whole graph)"], dev)
     per_op = {k: (k_dyn * v) * (total / dyn_total if dyn_total > 0 else 1.0) for k, v in dyn.items()}
     if cal:
         notes.insert(0, f"energy calibrated on {cal['n_rows']} MLPerf Tiny measurements of {cal['n_systems']} "

@@ -64,12 +64,15 @@ import itertools
 import json
 import math
 import os
+import zipfile
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from edgepass.errors import DeviceError, InputError
 
 from .base import Estimate, LayerEstimate
 from .features import N_OP, graph_matrix, op_features
@@ -81,6 +84,8 @@ SIGNATURE_KEYS = ("conv_k3_s1_c64x64_h28_fp32", "conv_k1_s1_c64x64_h28_fp32", "d
                   "linear_1280x1000_fp32", "add_c64_h56_fp32", "conv_k3_s1_c64x64_h28_int8", "net_nb201a_fp32",
                   "net_mbv2wd4_fp32")
 FIT_KEY = "latency_fit"
+#: environment variable naming a latency artifact to use instead of the shipped one (a candidate under test)
+LATENCY_MODEL_ENV = "EDGEPASS_LATENCY_MODEL"
 #: device provenance key of :func:`calibrate_on_designs` (per-precision gains from measured designs)
 CALIBRATION_KEY = "latency_calibration"
 #: device-state keys of a trained device's own corrections (:func:`fit_correction`, :func:`fit_op_net`)
@@ -132,6 +137,49 @@ def fit_source(fit: dict) -> str:
     return f"few-shot fit + op-class residual ({len(res['classes'])} classes)"
 
 
+def _exp(x: float) -> float:
+    """exp that overflows to inf (checked by :func:`check_latencies`), not to OverflowError."""
+    return math.exp(x) if x < 700 else math.inf
+
+
+def _read_artifact(data: bytes) -> tuple[dict, dict]:
+    """Arrays and header of a latency artifact (no pickle), checked by :func:`_check_artifact`."""
+    if not data.startswith(b"PK"):   # else numpy takes any other bytes for a pickle and says so
+        raise ValueError("not an .npz file")
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "header"}
+        header = json.loads(bytes(z["header"]).decode())
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ValueError(f"header format is not {FORMAT}")
+    _check_artifact(arrays, header)
+    return arrays, header
+
+
+def _check_artifact(a: dict, header: dict) -> None:
+    """The MLP's arrays chain together (op features -> layers -> one output; device vector ->
+    embedding) and are finite: a mis-shaped artifact fails here, not as a matmul error mid-compile."""
+    n_layers = header.get("n_layers")
+    if not isinstance(n_layers, int) or not 1 <= n_layers <= 16:
+        raise ValueError("header n_layers must be an integer from 1 to 16")
+    if not isinstance(header.get("devices"), list) or not all(isinstance(d, str) for d in header["devices"]):
+        raise ValueError("header devices must be a list of ids")
+    names = ("op_mu", "op_sd", "dev_mu", "dev_sd", "P", "R", "ov_w", "ov_b",
+             *(f"{p}{i}" for i in range(n_layers) for p in "Wb"))
+    for name in names:
+        if name not in a or a[name].dtype.kind != "f" or not np.isfinite(a[name]).all():
+            raise ValueError(f"array {name} missing, not floating point or not finite")
+    n_dev, emb = a["P"].shape if a["P"].ndim == 2 else (-1, -1)
+    expected = {"op_mu": (N_OP,), "op_sd": (N_OP,), "dev_mu": (n_dev,), "dev_sd": (n_dev,),
+                "R": (len(header["devices"]), emb), "ov_w": (n_dev + emb,), "ov_b": (1,)}
+    width = N_OP + n_dev + emb
+    for i in range(n_layers):
+        out = 1 if i == n_layers - 1 else a[f"W{i}"].shape[-1]
+        expected[f"W{i}"], expected[f"b{i}"], width = (width, out), (out,), out
+    for name, shape in expected.items():
+        if a[name].shape != shape:
+            raise ValueError(f"array {name} has shape {a[name].shape}, expected {shape}")
+
+
 class LatencyModel:
     """Trained weights + device table; numpy float64 inference."""
 
@@ -150,17 +198,22 @@ class LatencyModel:
     # -- persistence ------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path | None = None) -> "LatencyModel":
-        if path is None and os.environ.get("EDGEPASS_LATENCY_MODEL"):
-            path = os.environ["EDGEPASS_LATENCY_MODEL"]  # a candidate artifact under test
-        if path is None:
-            data = resources.files("edgepass").joinpath(*ARTIFACT).read_bytes()
-        else:
-            data = Path(path).read_bytes()
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files if k != "header"}
-            header = json.loads(bytes(z["header"]).decode())
-        if header.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} artifact")
+        """The shipped artifact, ``path``, or ``$EDGEPASS_LATENCY_MODEL`` (a candidate artifact under
+        test); a missing or malformed file is a one-line InputError naming where it came from."""
+        label = None
+        if path is None and os.environ.get(LATENCY_MODEL_ENV):
+            path, label = os.environ[LATENCY_MODEL_ENV], f"{LATENCY_MODEL_ENV}={os.environ[LATENCY_MODEL_ENV]}"
+        label = label or (f"latency model {path}" if path is not None else "the shipped latency model")
+        try:
+            if path is None:
+                data = resources.files("edgepass").joinpath(*ARTIFACT).read_bytes()
+            else:
+                data = Path(path).read_bytes()
+            arrays, header = _read_artifact(data)
+        except OSError as exc:
+            raise InputError(f"{label}: cannot read ({exc.strerror or exc})") from None
+        except (ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{label}: not a valid {FORMAT} artifact ({exc})") from None
         return cls(arrays, header)
 
     def save(self, path: str | Path) -> None:
@@ -191,6 +244,7 @@ class LatencyModel:
         raw = device_raw_vector(dev)
         fit = dev.provenance.get(FIT_KEY) if isinstance(dev.provenance, dict) else None
         if fit and fit.get("model") == self.version:
+            self.check_fit(fit, dev.id)
             return self.state_from_fit(raw, fit)
         i = self.dev_index.get(dev.id)
         if i is None:
@@ -213,6 +267,19 @@ class LatencyModel:
         # latencies (1e20 ms for throughput-only accelerators), so they are held within 3 sd
         return {"z": self.z_from(raw, np.zeros(self.a["R"].shape[1]), clip=3.0), "a": 0.0, "b": 1.0,
                 "source": "device features only (never measured: expect large errors; fit it with a few measurements)"}
+
+    def check_fit(self, fit: dict, device_id: str) -> None:
+        """Refuse a few-shot fit that does not fit this artifact (the device file's schema checked
+        its types): a residual of another length, a mixture of devices the artifact never trained."""
+        width = self.a["R"].shape[1]
+        if len(fit.get("residual") or ()) != width:
+            raise DeviceError(f"device {device_id}: provenance.{FIT_KEY}.residual must hold {width} numbers "
+                              f"for latency model {self.version}, got {len(fit.get('residual') or ())}")
+        res = fit.get("op_residual")
+        unknown = sorted(set(res.get("devices", ())) - set(self.dev_index)) if isinstance(res, dict) else []
+        if unknown:
+            raise DeviceError(f"device {device_id}: provenance.{FIT_KEY}.op_residual names devices the latency "
+                              f"model was not trained on: {', '.join(unknown[:3])}")
 
     def state_from_fit(self, raw: np.ndarray, fit: dict) -> dict:
         """Device state of a few-shot fit (:func:`fit_state`): embedding residual, log offset/scale and,
@@ -260,7 +327,12 @@ class LatencyModel:
     def op_latency(self, X: np.ndarray, state: dict) -> np.ndarray:
         """Per-op latency (ms); a device with a fitted per-op correction (``state["corr"]``, and its
         residual network ``state["opnet"]``) gets it applied here, so sums (graphs,
-        :class:`LatencyTable`) stay exact."""
+        :class:`LatencyTable`) stay exact. Overflow gives inf quietly: :func:`check_latencies`
+        turns it into one error line naming the op."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._op_latency(X, state)
+
+    def _op_latency(self, X: np.ndarray, state: dict) -> np.ndarray:
         w = state.get("corr")
         if state.get("mix") is not None:
             # a mixture of trained devices' predictors stands in for the adapted MLP
@@ -305,10 +377,10 @@ class LatencyModel:
 
     def overhead_ms(self, state: dict) -> float:
         """Per-graph overhead (ms) of a device (corrected like the ops when it has a correction)."""
-        ov = math.exp(self.overhead_log(state["z"]))
+        ov = _exp(self.overhead_log(state["z"]))
         if state.get("mix") is not None:
             Zm, wm, c = state["mix"]
-            ov = c + sum(wj * math.exp(self.overhead_log(z)) for z, wj in zip(Zm, wm))
+            ov = c + sum(wj * _exp(self.overhead_log(z)) for z, wj in zip(Zm, wm))
         elif state.get("opres_overhead") is not None:
             ov = state["opres_overhead"]
         w = state.get("corr")
@@ -342,7 +414,8 @@ class LatencyModel:
         """Apply the few-shot log-space correction ``exp(a) * total^b`` (identity for trained devices)."""
         if state["a"] == 0.0 and state["b"] == 1.0:
             return total_ms if state.get("opres") is None else np.maximum(total_ms, 1e-9)
-        return np.exp(state["a"] + state["b"] * np.log(np.maximum(total_ms, 1e-9)))
+        with np.errstate(over="ignore", invalid="ignore"):   # inf is refused by check_latencies
+            return np.exp(state["a"] + state["b"] * np.log(np.maximum(total_ms, 1e-9)))
 
 
 @lru_cache(maxsize=4)
@@ -356,6 +429,30 @@ def load_model(path: str | Path | None = None) -> LatencyModel:
 
 
 # ---------------------------------------------------------------------- predict
+def _user_parameters(dev) -> bool:
+    """Whether the device carries fitted predictor parameters from its file (fit or calibration)."""
+    prov = dev.provenance if isinstance(dev.provenance, dict) else {}
+    return FIT_KEY in prov or CALIBRATION_KEY in prov
+
+
+def check_latencies(per_op, names, total, dev) -> None:
+    """Refuse a prediction no device can have: a non-finite op latency (naming the op) or a total
+    that is not a finite number >= 0. A device with fitted parameters gets the blame (exit 5: its
+    file holds values the predictor cannot use), else the graph (exit 2: e.g. absurd sizes)."""
+    per_op = np.asarray(per_op, dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(per_op))
+    error = DeviceError if _user_parameters(dev) else InputError
+    if bad.size:
+        i = int(bad[0])
+        raise error(f"the latency predictor gave {per_op[i]} ms for op {names[i]} on device {dev.id}; "
+                    "refusing to use it")
+    totals = np.atleast_1d(np.asarray(total, dtype=np.float64))
+    if not (np.isfinite(totals).all() and (totals >= 0).all()):
+        worst = names[int(np.argmin(per_op))] if len(per_op) else "(per-graph overhead)"
+        raise error(f"the latency predictor gave a total of {totals[~np.isfinite(totals) | (totals < 0)][0]} ms "
+                    f"on device {dev.id} (smallest op: {worst}); refusing to use it")
+
+
 def _graph_total(model: LatencyModel, X: np.ndarray, state: dict) -> tuple[float, np.ndarray, float]:
     per_op = model.op_latency(X, state)
     ov = model.overhead_ms(state)
@@ -372,6 +469,7 @@ def predict(graph, device, *, model: LatencyModel | None = None) -> Estimate:
     X, ops = graph_matrix(graph, device_precision(dev))
     raw, per_op, ov = _graph_total(m, X, state)
     total = float(m.correct(raw, state))
+    check_latencies(per_op, [op.name for op in ops], total, dev)
     scale = total / raw if raw > 0 else 1.0
     layers = [LayerEstimate(name=op.name, kind=op.kind, latency_ms=float(t * scale), macs=int(op.macs),
                             precision=op.precision) for op, t in zip(ops, per_op)]
@@ -398,8 +496,11 @@ def predict_latency(graph, device, *, model: LatencyModel | None = None) -> floa
     m = model or load_model()
     dev = _resolve_device(device)
     state = m.device_state(dev)
-    X, _ = graph_matrix(graph, device_precision(dev))
-    return float(m.correct(_graph_total(m, X, state)[0], state))
+    X, ops = graph_matrix(graph, device_precision(dev))
+    raw, per_op, _ = _graph_total(m, X, state)
+    total = float(m.correct(raw, state))
+    check_latencies(per_op, [op.name for op in ops], total, dev)
+    return total
 
 
 def predict_many(graphs: Iterable, device, *, model: LatencyModel | None = None) -> np.ndarray:
@@ -407,8 +508,13 @@ def predict_many(graphs: Iterable, device, *, model: LatencyModel | None = None)
     m = model or load_model()
     dev = _resolve_device(device)
     state = m.device_state(dev)
-    mats = [graph_matrix(g, device_precision(dev))[0] for g in graphs]
-    return predict_matrices(mats, state, m)
+    pairs = [graph_matrix(g, device_precision(dev)) for g in graphs]
+    mats = [X for X, _ in pairs]
+    totals = predict_matrices(mats, state, m)
+    if not (np.isfinite(totals).all() and (totals >= 0).all()):   # find the op to blame
+        for (X, ops), total in zip(pairs, totals):
+            check_latencies(m.op_latency(X, state), [op.name for op in ops], total, dev)
+    return totals
 
 
 def predict_matrices(mats: list, state: dict, m: LatencyModel) -> np.ndarray:
@@ -526,9 +632,14 @@ class LatencyTable:
         self.knobs = space.knobs()
         combos = op_combos(space)
         X = np.concatenate([np.stack([op_features(o, dprec) for o in ops]) for _, _, ops in combos])
-        self.constant, self.tables = summed_tables(combos, m.op_latency(X, self.state))
+        per_op = m.op_latency(X, self.state)
+        self.constant, self.tables = summed_tables(combos, per_op)
         self.constant += m.overhead_ms(self.state)
         self.n_ops = len(combos)
+        # every design's total lies between these bounds: checked once, not per batch of designs
+        low, high = (self.constant + sum(f(t) for _, _, t in self.tables) for f in (np.min, np.max))
+        check_latencies(per_op, [o.name for _, _, ops in combos for o in ops],
+                        m.correct(np.array([low, high]), self.state), self.device)
 
     def predict_raw(self, codes: np.ndarray) -> np.ndarray:
         return table_sums(codes, self.constant, self.tables)
@@ -1183,6 +1294,8 @@ def read_measurements(path: str | Path) -> list[tuple[str, float]]:
             rows = list(csv.DictReader(fh))
     except OSError as exc:
         raise InputError(f"cannot read {p}: {exc.strerror or exc}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:  # a 1 MB field, NUL bytes, not UTF-8
+        raise InputError(f"{p}: not a readable CSV ({type(exc).__name__}: {exc})") from None
     if not rows or not {"model", "latency_ms"} <= set(rows[0]):
         raise InputError(f"{p}: expected a CSV with columns model,latency_ms")
     out = []
@@ -1193,6 +1306,8 @@ def read_measurements(path: str | Path) -> list[tuple[str, float]]:
             raise InputError(f"{p}:{i}: latency_ms {r['latency_ms']!r} is not a number") from None
         if not v > 0:
             raise InputError(f"{p}:{i}: latency_ms must be > 0")
+        if not isinstance(r["model"], str) or not r["model"].strip():
+            raise InputError(f"{p}:{i}: the model column is empty")
         out.append((r["model"].strip(), v))
     return out
 
@@ -1283,9 +1398,18 @@ def calibrate_on_designs(device, graphs: list, measured_ms, *, model: LatencyMod
 
 
 def artifact_sha() -> str:
-    data = resources.files("edgepass").joinpath(*ARTIFACT).read_bytes()
+    """Identifies the latency artifact in use (cache keys): ``$EDGEPASS_LATENCY_MODEL``'s when set."""
+    candidate = os.environ.get(LATENCY_MODEL_ENV)
+    if candidate:
+        load_model()   # a one-line error for a missing or malformed candidate
+        try:
+            data = Path(candidate).read_bytes()
+        except OSError as exc:
+            raise InputError(f"{LATENCY_MODEL_ENV}={candidate}: cannot read ({exc.strerror or exc})") from None
+    else:
+        data = resources.files("edgepass").joinpath(*ARTIFACT).read_bytes()
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-__all__ = ["calibrate_on_designs", "fit_correction", "fit_op_net", "fit_op_residual", "correction_basis", "LatencyModel", "LatencyTable", "load_model", "predict", "predict_latency", "predict_many",
+__all__ = ["check_latencies", "calibrate_on_designs", "fit_correction", "fit_op_net", "fit_op_residual", "correction_basis", "LatencyModel", "LatencyTable", "load_model", "predict", "predict_latency", "predict_many",
            "fit_device", "fit_quality", "fit_source", "fit_state", "read_measurements", "model_matrix", "device_raw_vector"]

@@ -101,9 +101,12 @@ def test_cache_dir_reuses_the_accuracy_predictor(tmp_path, digits_onnx, calib, m
     monkeypatch.setattr(AccuracyPredictor, "fit", refit)
     # the candidates measured on the calibration data (evaluate_top) are cached with it
     assert rep1.selection and list((cache / "accuracy").glob("*.evaluated.json"))
-    monkeypatch.setattr(AccuracyPredictor, "evaluate", refit)
+    # cached records are checked, not trusted: only the candidates deciding the choice are measured again
+    measured, evaluate = [], AccuracyPredictor.evaluate
+    monkeypatch.setattr(AccuracyPredictor, "evaluate", lambda self, d: measured.append(d) or evaluate(self, d))
     second, rep2, _ = compile_with_report(str(digits_onnx), DEVICE, **kw)
     assert second.SerializeToString() == first.SerializeToString()
+    assert 1 <= len(measured) <= 3
     # a different cache directory is a miss
     with pytest.raises(AssertionError, match="fitted again"):
         compile_with_report(str(digits_onnx), DEVICE, **{**kw, "cache_dir": str(tmp_path / "other")})

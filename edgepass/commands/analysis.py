@@ -17,8 +17,11 @@ def parse_input_shapes(items) -> dict:
             if not sep or not name:
                 raise ValueError
             shapes[name] = tuple(int(d) for d in dims.split(","))
+            if not all(d > 0 for d in shapes[name]):
+                raise ValueError
         except ValueError:
-            raise InputError(f"--input-shape {item!r}: expected NAME:D0,D1,... (e.g. input:1,3,224,224)") from None
+            raise InputError(f"--input-shape {item!r}: expected NAME:D0,D1,... with positive dimensions "
+                             f"(e.g. input:1,3,224,224)") from None
     return shapes
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 
 from ..errors import InputError
 from ..executors import EXECUTORS
+from ..fileio import check_files, check_input, is_device_file
+from . import argtypes
 from .analysis import parse_input_shapes
 
 
@@ -33,8 +34,8 @@ def add_parser(sub) -> None:
     p.add_argument("--method", choices=("amortized", "search", "exhaustive"), default="amortized")
     p.add_argument("--precisions", help="comma-separated subset of fp32,fp16,int8")
     p.add_argument("--ignore", action="append", default=[], metavar="LAYER", help="keep a layer untouched")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--evaluate-top", type=int, metavar="K",
+    p.add_argument("--seed", type=argtypes.seed, default=0)
+    p.add_argument("--evaluate-top", type=argtypes.count, metavar="K",
                    help="measure K good designs under the budget on the calibration data and keep the best "
                         "(default 4 with --calibration for models up to 2 GMACs, else 0)")
     p.add_argument("--calibrate-latency", action="store_true",
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
     p.add_argument("--plot", metavar="R.png", help="plot the candidate designs' predicted latency vs accuracy")
     p.add_argument("--json", action="store_true", help="print the report (fleet: the summary) as JSON")
     p.add_argument("--executor", choices=EXECUTORS, default="inprocess", help="where a fleet's devices are compiled")
-    p.add_argument("--workers", type=int, metavar="N", help="worker processes / Ray CPUs for a fleet")
+    p.add_argument("--workers", type=argtypes.workers, metavar="N", help="worker processes / Ray CPUs for a fleet")
     p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start a local one)")
     p.add_argument("--check", action="store_true", help="only verify an existing OUT against its report")
     p.set_defaults(func=cmd_compile)
@@ -70,8 +71,10 @@ def options_from_args(args):
                           calibrate_latency=args.calibrate_latency, reconstruct=args.reconstruct)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    return a.exists() and b.exists() and os.path.samefile(a, b)
+def input_files(args) -> dict:
+    """What a compile reads, by label (for :func:`~edgepass.fileio.check_files`)."""
+    return {"model": args.model, "--calibration": args.calibration,
+            "--device file": [d for d in args.device if is_device_file(d)], "--devices list": args.devices}
 
 
 def cmd_compile(args) -> int:
@@ -82,17 +85,9 @@ def cmd_compile(args) -> int:
         return _check(src, dst, args)
     if not args.device and not args.devices:
         raise InputError("compile: give --device ID|FILE (or --devices FLEET.txt)")
-    if _same_file(src, dst):
-        raise InputError("output path is the input path: refusing to overwrite the input")
     if args.devices or len(args.device) > 1:
         return _fleet(src, dst, args)
-    if not dst.parent.exists():
-        raise InputError(f"{dst}: directory {dst.parent} does not exist")
-    for extra in (args.report, args.plot):
-        if extra and not Path(extra).parent.exists():
-            raise InputError(f"{extra}: directory {Path(extra).parent} does not exist")
-        if extra and (_same_file(src, Path(extra)) or Path(extra) == dst):
-            raise InputError(f"{extra}: would overwrite the input or the output model")
+    check_files(inputs=input_files(args), outputs={"output": dst, "--report": args.report, "--plot": args.plot})
     from ..compile import compile_with_report, write_atomic
 
     opts = options_from_args(args)
@@ -124,7 +119,8 @@ def _fleet(src: Path, outdir: Path, args) -> int:
     # stdout carries only results: what libraries print meanwhile (Ray's worker notices) goes to stderr
     with contextlib.redirect_stdout(sys.stderr):
         summary = compile_fleet(str(src), devices, outdir, options_from_args(args), executor=args.executor,
-                                workers=args.workers, ray_address=args.ray_address)
+                                workers=args.workers, ray_address=args.ray_address,
+                                protect={"--devices list": args.devices})
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2, sort_keys=True, default=float) + "\n")
     else:
@@ -138,18 +134,39 @@ def _fleet(src: Path, outdir: Path, args) -> int:
     return summary["exit_code"]
 
 
-def _check(src: Path, dst: Path, args) -> int:
-    """Verify an existing output against the report stored in it."""
-    from ..compile import report_of
-    from ..frontends.onnx import load_model
-    from ..rewrite import verify
+def _stored_design(out, dst: Path):
+    """The design of the report a compile embedded in ``out``; a missing or edited report -> InputError."""
     from ..space import Design
 
-    out = load_model(dst)
-    report = report_of(out)
-    if report is None:
+    text = next((p.value for p in out.metadata_props if p.key == "edgepass.report"), None)
+    if text is None:
         raise InputError(f"{dst}: no edgepass report in the model's metadata (not compiled by edgepass?)")
-    v = verify(str(src), out, Design.from_dict(report["design"]))
+    try:
+        report = json.loads(text)
+        return Design.from_dict(report["design"])
+    except InputError as exc:
+        raise InputError(f"{dst}: its embedded report was edited or is damaged ({exc})") from None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        raise InputError(f"{dst}: its embedded report was edited or is damaged ({type(exc).__name__})") from None
+
+
+def _check(src: Path, dst: Path, args) -> int:
+    """Verify an existing output against the report stored in it."""
+    from ..errors import EdgepassError
+    from ..frontends.onnx import load_model
+    from ..rewrite import verify
+
+    check_input(src, "model")
+    check_input(dst, "output to check")
+    out = load_model(dst)
+    design = _stored_design(out, dst)
+    try:
+        v = verify(str(src), out, design)
+    except EdgepassError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:  # a report naming other layers
+        raise InputError(f"{dst}: its embedded report does not describe this model ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]})") from None
     print(json.dumps({"ok": v.ok, "problems": v.problems}, indent=2) if args.json else
           ("ok: the output matches its report" if v.ok else "FAILED: " + "; ".join(v.problems)))
     return 0 if v.ok else 4

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -114,11 +115,10 @@ def features(spec: str, *, per_op: bool = True, cache: bool = True) -> dict[str,
     canon = zoo.parse(spec)["canonical"]
     key = hashlib.sha1(f"{canon}|per_op={per_op}".encode()).hexdigest()
     path = cache_dir() / key[:2] / f"{key}.json"
-    if cache and path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            pass
+    if cache:
+        cached = read_cached_features(path, canon, per_op=per_op)
+        if cached is not None:
+            return cached
     from ..api import analyze
 
     zm = zoo.build(canon)
@@ -127,11 +127,69 @@ def features(spec: str, *, per_op: bool = True, cache: bool = True) -> dict[str,
     if per_op:
         out["ops"] = [_op_row(op) for op in graph.ops()]
     if cache:
-        try:
+        from ..errors import InputError
+        from ..fileio import write_atomic
+
+        try:   # atomic: a concurrent reader or a killed writer never leaves half an entry
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(out, separators=(",", ":")))
-            os.replace(tmp, path)
-        except OSError:
+            write_atomic(path, json.dumps(out, separators=(",", ":")).encode())
+        except (OSError, InputError):
             pass  # a read-only home must not break feature extraction
     return out
+
+
+#: the cached per-op rows (``_op_row``): key -> accepted types
+_OP_ROW_TYPES = {"name": (str,), "kind": (str,), "in_shapes": (list,), "out_shapes": (list,), "macs": (int,),
+                 "params": (int,), "bytes_read": (int,), "bytes_written": (int,), "kernel": (list, type(None)),
+                 "stride": (list, type(None)), "groups": (int,), "precision": (str, type(None))}
+_SUMMARY_COUNTS = ("macs", "params", "n_ops", "n_layers", "bytes_read", "bytes_written")
+#: larger entries are not features of any zoo architecture
+_MAX_FEATURE_BYTES = 64 << 20
+
+
+def read_cached_features(path: Path, canon: str, *, per_op: bool = True) -> dict[str, Any] | None:
+    """The cached features at ``path`` when they are what :func:`features` writes for ``canon``;
+    None when absent, and None with a one-line warning when malformed (then rebuilt and overwritten)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_FEATURE_BYTES + 1)
+    except OSError:
+        return None
+    try:
+        data = json.loads(raw.decode("utf-8")) if len(raw) <= _MAX_FEATURE_BYTES else None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        data = None
+    why = "not valid JSON" if data is None else _features_problem(data, canon, per_op)
+    if why:
+        print(f"edgepass: warning: ignoring cache entry {path} ({why}); recomputing", file=sys.stderr)
+        return None
+    return data
+
+
+def _features_problem(data: Any, canon: str, per_op: bool) -> str | None:
+    """Why ``data`` is not a features entry of ``canon`` (None when it is)."""
+    if not isinstance(data, dict) or data.get("spec") != canon:
+        return "not the features of this architecture"
+    if not all(_is_count(data.get(k)) for k in _SUMMARY_COUNTS):
+        return "summary counts missing or not non-negative integers"
+    if not per_op:
+        return None
+    ops = data.get("ops")
+    if not isinstance(ops, list):
+        return "per-op rows missing"
+    for row in ops:
+        if not (isinstance(row, dict) and set(row) == set(_OP_ROW_TYPES)
+                and all(isinstance(row[k], t) for k, t in _OP_ROW_TYPES.items())
+                and all(_is_count(row[k]) for k in ("macs", "params", "bytes_read", "bytes_written", "groups"))
+                and all(_is_counts(shape) for shape in row["in_shapes"] + row["out_shapes"])
+                and all(row[k] is None or _is_counts(row[k]) for k in ("kernel", "stride"))):
+            return "a per-op row with missing, extra or mistyped fields"
+    return None
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_counts(v: Any) -> bool:
+    return isinstance(v, list) and all(map(_is_count, v))

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from ..commands import argtypes
 from .database import devices_table, get_device, list_devices
 from .measure import OPTIMIZATION_LEVELS  # numpy only; onnxruntime is imported when measuring
 from .schema import KINDS
@@ -33,12 +34,12 @@ def add_parser(subparsers: Any) -> None:
     m = subparsers.add_parser("measure", help="time an ONNX model on this CPU with onnxruntime",
                               description="Median/IQR latency of an ONNX model (onnxruntime, CPU, sequential).")
     m.add_argument("model", metavar="MODEL.onnx")
-    m.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
-    m.add_argument("--runs", type=int, default=20, help="timed runs (default 20)")
-    m.add_argument("--warmup", type=int, default=5, help="untimed warm-up runs (default 5)")
+    m.add_argument("--threads", type=argtypes.threads, default=1, help="intra-op threads (default 1)")
+    m.add_argument("--runs", type=argtypes.count, default=20, help="timed runs (default 20)")
+    m.add_argument("--warmup", type=argtypes.count, default=5, help="untimed warm-up runs (default 5)")
     m.add_argument("--min-seconds", type=float, default=0.0,
                    help="keep timing until the timed runs add up to this long (small models: 0.1-0.5)")
-    m.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    m.add_argument("--seed", type=argtypes.seed, default=0, help="seed of the random inputs")
     m.add_argument("--per-node", action="store_true", help="also profile per-node times")
     m.add_argument("--optimization", choices=OPTIMIZATION_LEVELS, default="all",
                    help="onnxruntime graph optimization level (default all; 'basic' keeps node names)")
@@ -50,7 +51,7 @@ def add_parser(subparsers: Any) -> None:
                                            "small networks, fp32 and int8) with onnxruntime on this machine and "
                                            "write a device JSON file whose signature the predictors use.")
     pr.add_argument("-o", "--output", required=True, metavar="DEVICE.json", help="device file to write")
-    pr.add_argument("--threads", type=int, default=1, help="intra-op threads (default 1)")
+    pr.add_argument("--threads", type=argtypes.threads, default=1, help="intra-op threads (default 1)")
     pr.add_argument("--name", help="display name (default: the CPU model)")
     pr.add_argument("--id", help="device id (default local/<name or hostname>-ort-<threads>t)")
     pr.add_argument("--kind", choices=KINDS, default="cpu", help="device kind (default cpu)")

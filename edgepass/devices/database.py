@@ -87,9 +87,18 @@ def get_device(device: DeviceLike) -> Device:
     lowered = key.lower()
     if lowered in index:
         return index[lowered]
-    if key.endswith(".json") or Path(key).is_file():
+    if key.endswith(".json") or _is_file(key):
         return load_device(key)
     raise DeviceError(f"unknown device '{key}'{_suggest(lowered)} (see `edgepass devices`)")
+
+
+def _is_file(path: str) -> bool:
+    """``Path.is_file`` that answers False, not OSError/ValueError, for a name no file can have
+    (too long, a NUL byte)."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _suggest(key: str, n: int = 5) -> str:

@@ -16,12 +16,15 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import DeviceError
+from ..fileio import write_atomic
 
 SCHEMA = "edgepass.device/1"
 
@@ -50,6 +53,15 @@ _OPTIONAL_DEFAULTS: dict[str, Any] = {
     "n_measurements": 0, "measurements": {}, "metrics": [], "aliases": [],
 }
 _FIELDS = _REQUIRED + tuple(_OPTIONAL_DEFAULTS)
+
+#: A device file is a few KiB; anything this large is refused before it is parsed.
+MAX_DEVICE_FILE_BYTES = 1 << 20
+#: Device files nest a few levels (provenance.latency_fit.op_residual.instead_of); deeper is hostile.
+MAX_JSON_DEPTH = 16
+#: Integer literals longer than this are refused (the largest legitimate count fits in 64 bits).
+_MAX_INT_DIGITS = 19
+#: Upper bounds of the integer fields (threads beyond any machine; ONNX Runtime takes an int32).
+_INT_LIMITS = {"threads": 4096, "batch_size": 1 << 20, "n_measurements": (1 << 31) - 1}
 
 
 def _feature_names() -> tuple[str, ...]:
@@ -103,11 +115,7 @@ class Device:
     @classmethod
     def from_json(cls, text: str | bytes, *, origin: str = "device") -> "Device":
         """Parse and validate the JSON text of one device file."""
-        try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DeviceError(f"{origin}: not valid JSON ({exc})") from None
-        return cls.from_dict(data, origin=origin)
+        return cls.from_dict(parse_strict_json(text, origin), origin=origin)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (the file format, ``schema`` included)."""
@@ -126,8 +134,8 @@ class Device:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True, ensure_ascii=False)
 
     def save(self, path: str | Path) -> None:
-        """Write the device as a JSON file."""
-        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+        """Write the device as a JSON file (atomically: an interrupted save leaves the old file)."""
+        write_atomic(Path(path), (self.to_json() + "\n").encode("utf-8"))
 
     # ------------------------------------------------------------------ predictor input
     def features(self) -> list[float]:
@@ -161,10 +169,83 @@ def load_device(path: str | Path) -> Device:
     """Read and validate a device JSON file; every failure is a one-line DeviceError."""
     p = Path(path)
     try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise DeviceError(f"device file {p}: cannot read ({exc.strerror or exc})") from None
+        raw = _read_regular_file(p, MAX_DEVICE_FILE_BYTES + 1)
+    except (OSError, ValueError) as exc:   # ValueError: a NUL byte in the path
+        raise DeviceError(f"device file {p}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if len(raw) > MAX_DEVICE_FILE_BYTES:
+        raise DeviceError(f"device file {p.name}: larger than {MAX_DEVICE_FILE_BYTES >> 20} MiB; not a device file")
     return Device.from_json(raw, origin=f"device file {p.name}")
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file; a FIFO or device would block or never end, so
+    it is opened without blocking and refused."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        return fh.read(limit)
+
+
+# ---------------------------------------------------------------------- strict JSON
+def parse_strict_json(text: str | bytes, origin: str) -> Any:
+    """JSON as a device file may hold it, else a one-line DeviceError: UTF-8 only, no NaN/Infinity,
+    no duplicate keys (which one would win is a parser's whim), no integer literal longer than
+    :data:`_MAX_INT_DIGITS` digits (Python refuses 4300+ with a ValueError), at most
+    :data:`MAX_JSON_DEPTH` levels of nesting."""
+    try:
+        if isinstance(text, (bytes, bytearray)):
+            text = bytes(text).decode("utf-8")
+        data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                          parse_int=_bounded_int, parse_float=_finite_float)
+    except UnicodeDecodeError:
+        raise DeviceError(f"{origin}: not valid JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise DeviceError(f"{origin}: not valid JSON (nested more than {MAX_JSON_DEPTH} levels)") from None
+    except ValueError as exc:   # json.JSONDecodeError and the hooks' refusals
+        raise DeviceError(f"{origin}: not valid JSON ({exc})") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise DeviceError(f"{origin}: not valid JSON (nested more than {MAX_JSON_DEPTH} levels)")
+    return data
+
+
+def _unique_keys(pairs: list) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key[:40]!r}")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"integer literal of {len(text)} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (so depth itself cannot blow the stack)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 # ---------------------------------------------------------------------- validation helpers
@@ -233,20 +314,34 @@ def _validate(data: Any, origin: str) -> dict[str, Any]:
             raise fail(f"provenance.{key}", "must be a non-empty string")
     if prov["kind"] not in PROVENANCE_KINDS:
         raise fail("provenance.kind", f"must be one of {'/'.join(PROVENANCE_KINDS)}")
-    out["provenance"] = json.loads(json.dumps(prov))  # deep copy, proves it is JSON-able
+    try:   # deep copy, proves it is plain, finite, shallow JSON
+        out["provenance"] = json.loads(json.dumps(prov, allow_nan=False))
+    except (TypeError, ValueError, RecursionError):
+        raise fail("provenance", "must hold plain JSON values (finite numbers, strings, lists, objects)") from None
+    if _depth(out["provenance"]) > MAX_JSON_DEPTH:
+        raise fail("provenance", f"is nested more than {MAX_JSON_DEPTH} levels")
+    for key, check in _FITTED_PARAMETERS.items():
+        if key in out["provenance"]:
+            try:
+                check(out["provenance"][key])
+            except _FieldError as exc:
+                raise fail(f"provenance.{key}{exc.where}", exc.why) from None
 
     d = {**_OPTIONAL_DEFAULTS, **{k: v for k, v in data.items() if k in _OPTIONAL_DEFAULTS}}
-    for name in ("threads", "batch_size", "n_measurements"):
-        if not _is_int(d[name]) or d[name] < 0:
-            raise fail(name, "must be a non-negative integer")
+    for name, limit in _INT_LIMITS.items():
+        if not _is_int(d[name]) or not 0 <= d[name] <= limit:
+            raise fail(name, f"must be an integer from 0 to {limit}")
     for name in ("datasheet", "signature"):
         if not isinstance(d[name], dict) or not all(
                 isinstance(k, str) and _is_number(v) for k, v in d[name].items()):
             raise fail(name, "must be an object of name -> finite number")
     if any(v < 0 for v in d["signature"].values()):
         raise fail("signature", "latencies (ms) must be >= 0")
+    if any(v < 0 for v in d["datasheet"].values()):   # counts, GHz, GB/s, W: a negative TDP is negative energy
+        raise fail("datasheet", "numbers must be >= 0")
     if not isinstance(d["measurements"], dict) or not all(
-            isinstance(k, str) and _is_int(v) and v >= 0 for k, v in d["measurements"].items()):
+            isinstance(k, str) and _is_int(v) and 0 <= v <= _INT_LIMITS["n_measurements"]
+            for k, v in d["measurements"].items()):
         raise fail("measurements", "must be an object of space -> non-negative integer")
     for name in ("metrics", "aliases"):
         if not isinstance(d[name], list) or not all(isinstance(v, str) for v in d[name]):
@@ -261,3 +356,107 @@ def _validate(data: Any, origin: str) -> dict[str, Any]:
         metrics=tuple(d["metrics"]), aliases=tuple(d["aliases"]), notes=d["notes"],
     )
     return out
+
+
+# ---------------------------------------------------------------------- fitted predictor parameters
+# ``provenance.latency_fit`` (edgepass device fit) and ``provenance.latency_calibration``
+# (--calibrate-latency) are numbers the latency predictor computes with: every field is checked
+# for type, shape and finiteness here, so a hand-edited file fails on load, not as a NaN budget.
+# (The residual's length depends on the predictor artifact: the predictor checks it on use.)
+class _FieldError(Exception):
+    def __init__(self, where: str, why: str):
+        super().__init__(why)
+        self.where, self.why = where, why
+
+
+def _spec(obj: Any, required: dict, optional: dict, where: str = "") -> None:
+    """``obj`` must be an object with every ``required`` key, no key outside both, each value
+    accepted by its checker (a callable raising _FieldError)."""
+    if not isinstance(obj, dict):
+        raise _FieldError(where, "must be an object")
+    for key in required:
+        if key not in obj:
+            raise _FieldError(f"{where}.{key}", "is missing")
+    for key, value in obj.items():
+        check = required.get(key) or optional.get(key)
+        if check is None:
+            raise _FieldError(f"{where}.{key}", "is not a field of a fitted device")
+        check(value, f"{where}.{key}")
+
+
+def _string(value: Any, where: str) -> None:
+    if not isinstance(value, str):
+        raise _FieldError(where, "must be a string")
+
+
+def _optional_string(value: Any, where: str) -> None:
+    if value is not None:
+        _string(value, where)
+
+
+def _finite(value: Any, where: str) -> None:
+    if not _is_number(value):
+        raise _FieldError(where, "must be a finite number")
+
+
+def _non_negative(value: Any, where: str) -> None:
+    _finite(value, where)
+    if value < 0:
+        raise _FieldError(where, "must be >= 0")
+
+
+def _count(value: Any, where: str) -> None:
+    if not _is_int(value) or not 0 <= value <= _INT_LIMITS["n_measurements"]:
+        raise _FieldError(where, "must be a non-negative integer")
+
+
+def _list_of(check, *, min_len: int = 0, max_len: int = 4096):
+    def run(value: Any, where: str) -> None:
+        if not isinstance(value, list) or not min_len <= len(value) <= max_len:
+            raise _FieldError(where, f"must be a list of {min_len} to {max_len} entries")
+        for i, v in enumerate(value):
+            check(v, f"{where}[{i}]")
+    return run
+
+
+_class_weights = _list_of(_list_of(_finite, min_len=3, max_len=3), min_len=1)   # (per op, GMAC, MB) per class
+_STATS = {k: _non_negative for k in ("loo_rel_rmse", "none_rel_rmse", "mlp_loo_rel_rmse", "expected_rel_rmse",
+                                      "alpha")}
+
+
+def _op_residual(value: Any, where: str, *, nested: bool = False) -> None:
+    """One of fit_op_residual's three forms: ``add``/``replace`` (class weights), ``mix`` (weights of
+    trained devices' predictors, which may stand in front of another form)."""
+    if value is None:
+        return
+    mode = value.get("mode") if isinstance(value, dict) else None
+    if mode in ("add", "replace"):
+        extra = {"overhead_ms": _finite, "model": _string} if mode == "replace" else {}
+        _spec(value, {"mode": _string, "classes": _list_of(_string, min_len=1), "w": _class_weights},
+              {**_STATS, **extra}, where)
+        if len(value["w"]) != len(value["classes"]) or len(set(value["classes"])) != len(value["classes"]):
+            raise _FieldError(f"{where}.w", "must hold one row per distinct class")
+    elif mode == "mix" and not nested:
+        _spec(value, {"mode": _string, "devices": _list_of(_string), "w": _list_of(_non_negative),
+                      "overhead_ms": _non_negative},
+              {**_STATS, "own_w": _non_negative,
+               "instead_of": lambda v, w: _op_residual(v, w, nested=True)}, where)
+        if len(value["w"]) != len(value["devices"]):
+            raise _FieldError(f"{where}.w", "must hold one weight per device")
+    else:
+        raise _FieldError(f"{where}.mode", "must be add, replace or mix")
+
+
+def _latency_fit(value: Any) -> None:
+    _spec(value, {"model": _string, "residual": _list_of(_finite, min_len=1, max_len=1024)},
+          {"log_offset": _finite, "log_scale": _finite, "k": _count, "init_from": _optional_string,
+           "fit_rmse_log": _non_negative, "mlp_loo_rel_rmse": _non_negative, "loo_rel_rmse": _non_negative,
+           "models": _list_of(_string, max_len=1 << 20), "op_residual": _op_residual})
+
+
+def _latency_calibration(value: Any) -> None:
+    _spec(value, {"model": _string, "fp": _non_negative, "int8": _non_negative, "extra_ms": _non_negative,
+                  "designs": _count}, {"max_rel_error": _non_negative})
+
+
+_FITTED_PARAMETERS = {"latency_fit": _latency_fit, "latency_calibration": _latency_calibration}

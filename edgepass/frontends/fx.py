@@ -6,6 +6,8 @@ so the IR matches the ONNX front end's op for op on weighted layers.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from typing import Any
 
@@ -83,6 +85,13 @@ def trace(module: torch.nn.Module) -> torch.fx.GraphModule:
             f"supported: export the model to ONNX and pass the .onnx file instead") from None
 
 
+def has_quantized_kernels(module: torch.nn.Module) -> bool:
+    """Whether ``module`` holds modules left by torch's int8 conversion (``torch.ao.nn.quantized``,
+    ``torch.ao.nn.intrinsic.quantized``: conv+relu fused)."""
+    return any(type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized"))
+               for m in module.modules())
+
+
 def propagate_shapes(gm: torch.fx.GraphModule, example_inputs) -> None:
     """Run ShapeProp in eval mode without touching the caller's training flags or grads."""
     modes = {m: m.training for m in gm.modules()}
@@ -90,16 +99,17 @@ def propagate_shapes(gm: torch.fx.GraphModule, example_inputs) -> None:
     try:
         with torch.no_grad():
             # shapes only: fake tensors skip the arithmetic (3x faster on a ResNet-50); quantized
-            # kernels have no fake implementation, so int8 modules run for real
-            quantized = any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in gm.modules())
+            # kernels (fused ones too) have no fake implementation, so int8 modules run for real
             try:
-                if quantized:
+                if has_quantized_kernels(gm):
                     raise NotImplementedError
                 from torch._subclasses.fake_tensor import FakeTensorMode
 
-                ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*example_inputs)
+                with contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints the traceback it raises
+                    ShapeProp(gm, fake_mode=FakeTensorMode(allow_non_fake_inputs=True)).propagate(*example_inputs)
             except Exception:
-                ShapeProp(gm).propagate(*example_inputs)
+                with contextlib.redirect_stderr(io.StringIO()):
+                    ShapeProp(gm).propagate(*example_inputs)
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UnsupportedModelError(f"running the model on the example inputs failed: {msg}") from None

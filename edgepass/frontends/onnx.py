@@ -11,6 +11,8 @@ exporter's scoped node name (``/layer1/layer1.0/conv1/Conv``).
 """
 from __future__ import annotations
 
+import math
+import operator
 import os
 import re
 from pathlib import Path
@@ -19,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedModelError
 from ..ir import Const, Graph, Op, UniqueNames
 
 _ELEM = {onnx.TensorProto.FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16", onnx.TensorProto.BFLOAT16: "bf16",
@@ -40,6 +42,13 @@ _SIMPLE = {"Concat": "concat", "Split": "split", "Slice": "slice", "Gather": "ga
            "BatchNormalization": "batchnorm", "LayerNormalization": "layernorm",
            "InstanceNormalization": "groupnorm", "GroupNormalization": "groupnorm", "Cast": "cast",
            "QuantizeLinear": "quantize", "DequantizeLinear": "dequantize"}
+
+
+#: the largest model input accepted, in elements with the batch (128 MiB of float32, e.g. 3 x 3344 x 3344):
+#: a compile runs the model on hundreds of samples of it; a larger declared shape is a typo or an attack
+MAX_INPUT_ELEMENTS = 2**25
+#: the largest tensor accepted anywhere in the model, in elements (4 GiB of float32)
+MAX_TENSOR_ELEMENTS = 2**30
 
 
 def load_model(model, *, check: bool = True) -> onnx.ModelProto:
@@ -78,6 +87,22 @@ def load_model(model, *, check: bool = True) -> onnx.ModelProto:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"{where}: invalid ONNX model ({first})") from None
+    return with_unique_node_names(proto)
+
+
+def with_unique_node_names(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto``, or a copy whose unnamed or duplicate-named nodes are named ``<OpType>_<index>``: the
+    rewrite passes find a layer's node by name (hand-built models often leave names empty)."""
+    names = [n.name for n in proto.graph.node]
+    if all(names) and len(set(names)) == len(names):
+        return proto
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())     # never rename the caller's nodes
+    unique = UniqueNames(filter(None, names), sep="_")
+    seen: set = set()
+    for i, node in enumerate(proto.graph.node):
+        if not node.name or node.name in seen:
+            node.name = unique(f"{node.op_type}_{i}")
+        seen.add(node.name)
     return proto
 
 
@@ -91,12 +116,13 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: dict | None = None) -
             continue
         dims = inp.type.tensor_type.shape.dim
         if inp.name in given:
-            shape = list(given.pop(inp.name))
+            shape = _given_shape(inp.name, given.pop(inp.name))
             if len(shape) != len(dims):
                 raise InputError(f"input shape for {inp.name!r} has {len(shape)} dims, the model's input has {len(dims)}")
             for d, v in zip(dims, shape):
                 d.Clear()
-                d.dim_value = int(v)
+                d.dim_value = v
+            _check_input_size(inp.name, shape)
             continue
         for axis, d in enumerate(dims):
             if d.HasField("dim_value") and d.dim_value > 0:
@@ -107,9 +133,38 @@ def fix_input_shapes(model: onnx.ModelProto, input_shapes: dict | None = None) -
             else:
                 raise InputError(f"input {inp.name!r} has a dynamic dimension at axis {axis} "
                                  f"({d.dim_param or '?'}); fix it with --input-shape {inp.name}:1,3,224,224")
+        _check_input_size(inp.name, [d.dim_value for d in dims])
     if given:
         raise InputError(f"input shape given for unknown input(s): {', '.join(sorted(given))}")
     return model
+
+
+def _given_shape(name: str, shape) -> list[int]:
+    """A user's shape for input ``name`` as positive ints (``input_shapes=`` / ``--input-shape``)."""
+    try:
+        dims = [operator.index(d) for d in shape]
+    except TypeError:
+        raise InputError(f"input shape for {name!r} must be a sequence of integers, not {shape!r}") from None
+    if not all(d > 0 for d in dims):
+        raise InputError(f"input shape for {name!r} must have positive dimensions, not {tuple(dims)}")
+    return dims
+
+
+def _check_input_size(name: str, dims) -> None:
+    n = math.prod(int(d) for d in dims)
+    if n > MAX_INPUT_ELEMENTS:
+        raise InputError(f"input {name!r} of shape {tuple(int(d) for d in dims)} has {n:.3g} elements, over "
+                         f"edgepass's limit of {MAX_INPUT_ELEMENTS:.3g} per input (128 MiB of float32)")
+
+
+def check_tensor_sizes(shapes: dict) -> None:
+    """Refuse a model whose shape inference gives a tensor over :data:`MAX_TENSOR_ELEMENTS`, before
+    anything allocates it (shapes: tensor name -> dims)."""
+    for name, dims in shapes.items():
+        n = math.prod(int(d) for d in dims)
+        if n > MAX_TENSOR_ELEMENTS:
+            raise UnsupportedModelError(f"tensor {name!r} of shape {tuple(dims)} has {n:.3g} elements, over "
+                                        f"edgepass's limit of {MAX_TENSOR_ELEMENTS:.3g} (4 GiB of float32)")
 
 
 def _attrs(node) -> dict:
@@ -359,6 +414,27 @@ class _Builder:
         return {}
 
 
+def _ort_reason(exc: Exception) -> str:
+    """onnxruntime's message without its status prefix and C++ source location, two sentences at most."""
+    text = " ".join(str(exc).split()).split(" : ")[-1]
+    text = re.sub(r"^/\S+:\d+ .*?\) (?=[A-Z])", "", text)       # "/src/file.h:46 void f(...) Message"
+    return " ".join(re.split(r"(?<=\.) ", text)[:2])[:240] or type(exc).__name__
+
+
+def inference_session(model: onnx.ModelProto | bytes, options=None):
+    """An onnxruntime CPU session of ``model``. A model onnxruntime cannot build (a custom-domain op,
+    an opset newer than this onnxruntime) is an :class:`UnsupportedModelError`: analysis and
+    prediction work without running it, but calibration, accuracy estimates and verification run it."""
+    import onnxruntime as ort
+
+    data = model if isinstance(model, (bytes, bytearray)) else model.SerializeToString()
+    try:
+        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 -- onnxruntime raises its own Fail / InvalidGraph / RuntimeError
+        raise UnsupportedModelError(f"onnxruntime cannot run this model ({_ort_reason(exc)}); a compile runs the "
+                                    f"model (analyze and predict do not)") from None
+
+
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         return shape_inference.infer_shapes(model, data_prop=True)
@@ -399,6 +475,7 @@ def analyze_onnx(model, *, input_shapes: dict | None = None, model_name: str | N
     proto = load_model(model)
     inferred = infer_shapes(fix_input_shapes(proto, input_shapes))
     b = _Builder(inferred)
+    check_tensor_sizes(b.shapes)
     for node in inferred.graph.node:
         b.mark_static(node)
     missing = sorted({o for node in inferred.graph.node for o in node.output

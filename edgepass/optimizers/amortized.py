@@ -146,7 +146,7 @@ class AmortizedOptimizer:
         """Weights, config, ``extra`` arrays and ``meta`` (JSON) in one ``.npz``, written atomically."""
         path = Path(path)
         cfg = {"n_choices": self.n_choices, "device_dim": self.device_dim, "budget_dim": self.budget_dim,
-               "hidden": self.hidden, "seed": self.seed, "format": "edgepass.amortized/1"}
+               "hidden": self.hidden, "seed": self.seed, "format": _FORMAT}
         arrays = {f"p{i}": t.detach().numpy() for i, t in enumerate(self.net.state_dict().values())}
         arrays.update({f"extra_{k}": np.asarray(v) for k, v in (extra or {}).items()})
         from ..compile import write_atomic
@@ -160,15 +160,107 @@ class AmortizedOptimizer:
 
     @classmethod
     def load(cls, path, *, with_extra: bool = False):
-        """The optimizer (and, with ``with_extra``, its ``extra`` arrays and ``meta`` dict)."""
-        torch = _torch()
-        with np.load(str(path), allow_pickle=False) as z:
-            cfg = json.loads(bytes(z["config"]).decode())
-            self = cls(cfg["n_choices"], cfg["device_dim"], cfg["budget_dim"], hidden=cfg["hidden"], seed=cfg["seed"])
-            self.x_mean, self.x_std = z["x_mean"], z["x_std"]
-            keys = list(self.net.state_dict().keys())
-            self.net.load_state_dict({k: torch.from_numpy(z[f"p{i}"]) for i, k in enumerate(keys)})
-            extra = {k[len("extra_"):]: z[k] for k in z.files if k.startswith("extra_")}
-            meta = json.loads(bytes(z["meta"]).decode()) if "meta" in z.files else {}
+        """The optimizer (and, with ``with_extra``, its ``extra`` arrays and ``meta`` dict). A file
+        that is not one this class wrote -- truncated, members missing or mis-shaped, object or
+        non-finite arrays, odd config -- raises ValueError (its callers treat that as a cache miss)."""
+        import zipfile
+        import zlib
+
+        try:
+            members = _npz_members(path)
+        except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:   # truncated, not a zip, pickles
+            raise ValueError(f"{path}: not a readable .npz ({exc})") from None
+        cfg, meta = _json_member(members, "config"), _json_member(members, "meta", default={})
+        self = cls(*_checked_config(cfg), budget_dim=cfg["budget_dim"], hidden=cfg["hidden"], seed=cfg["seed"])
+        self.x_mean, self.x_std = _standardisation(members, self.device_dim + self.budget_dim)
+        _load_weights(self.net, members)
+        extra = {k[len("extra_"):]: _finite_array(members[k], k) for k in members if k.startswith("extra_")}
         self.net.eval()
         return (self, extra, meta) if with_extra else self
+
+
+# -- validation of a loaded file (every failure a ValueError naming what is wrong) --------------
+_FORMAT = "edgepass.amortized/1"
+_LIMIT = 4096   # widths, knobs and choices beyond any design space: refused before the net is allocated
+_MAX_BYTES = 256 << 20   # uncompressed: a small file must not expand to gigabytes
+
+
+def _npz_members(path) -> dict:
+    """Every member of an .npz (never a pickle, never more than :data:`_MAX_BYTES` unpacked)."""
+    z = np.load(str(path), allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError("a single array, not an .npz")
+    with z:
+        if sum(i.file_size for i in z.zip.infolist()) > _MAX_BYTES:
+            raise ValueError(f"unpacks to more than {_MAX_BYTES >> 20} MiB")
+        return {k: z[k] for k in z.files}
+
+
+def _json_member(members: dict, name: str, default=None) -> dict:
+    if name not in members:
+        if default is not None:
+            return default
+        raise ValueError(f"member {name} is missing")
+    raw = members[name]
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError(f"member {name} is not JSON bytes")
+    try:
+        value = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError(f"member {name} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"member {name} is not a JSON object")
+    return value
+
+
+def _checked_config(cfg: dict) -> tuple[list, int]:
+    """``(n_choices, device_dim)`` of a config whose every field has the type and range save() writes."""
+    if cfg.get("format") != _FORMAT:
+        raise ValueError(f"config format is not {_FORMAT}")
+
+    def small_int(v, low):
+        return isinstance(v, int) and not isinstance(v, bool) and low <= v <= _LIMIT
+
+    n_choices = cfg.get("n_choices")
+    if not (isinstance(n_choices, list) and 0 < len(n_choices) <= _LIMIT and all(small_int(n, 1) for n in n_choices)):
+        raise ValueError("config n_choices must be a list of positive integers")
+    for name in ("device_dim", "budget_dim", "hidden"):
+        if not small_int(cfg.get(name), 1 if name == "hidden" else 0):
+            raise ValueError(f"config {name} must be an integer from 0 to {_LIMIT}")
+    seed = cfg.get("seed")
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 1 << 63):
+        raise ValueError("config seed must be a non-negative 64-bit integer")
+    return n_choices, cfg["device_dim"]
+
+
+def _finite_array(a: np.ndarray, name: str, shape: tuple | None = None) -> np.ndarray:
+    if a.dtype.kind not in "fiub":
+        raise ValueError(f"member {name} has dtype {a.dtype}, not numeric")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"member {name} has shape {a.shape}, expected {shape}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"member {name} is not finite")
+    return a
+
+
+def _standardisation(members: dict, width: int) -> tuple[np.ndarray, np.ndarray]:
+    for name in ("x_mean", "x_std"):
+        if name not in members:
+            raise ValueError(f"member {name} is missing")
+        _finite_array(members[name], name, (width,))
+    if not (members["x_std"] > 0).all():
+        raise ValueError("member x_std must be > 0")
+    return members["x_mean"].astype(np.float64), members["x_std"].astype(np.float64)
+
+
+def _load_weights(net, members: dict) -> None:
+    """``p0``, ``p1``, ... into ``net``'s state dict, each of exactly the parameter's shape."""
+    torch = _torch()
+    state = net.state_dict()
+    weights = {}
+    for i, (key, tensor) in enumerate(state.items()):
+        name = f"p{i}"
+        if name not in members:
+            raise ValueError(f"member {name} is missing")
+        weights[key] = torch.from_numpy(_finite_array(members[name], name, tuple(tensor.shape)).astype(np.float32))
+    net.load_state_dict(weights)

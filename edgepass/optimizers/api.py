@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DeviceError, InfeasibleBudgetError, InputError
+from ..errors import DeviceError, EdgepassError, InfeasibleBudgetError, InputError
 from .amortized import AmortizedOptimizer
 from .budget import Budget
 from .problem import Problem, score_neighbours
-from .search import evolutionary, exhaustive, repair
+from .search import evolutionary, exhaustive, repair, result_of
 
 METHODS = ("amortized", "search", "exhaustive")
 
@@ -94,7 +94,10 @@ def _nb201_optimizer(zsp, *, cache=None, progress=True) -> AmortizedOptimizer:
     key = hashlib.sha256(b"nb201-amortized-v1").hexdigest()[:16]
     path = cache_dir(cache) / f"amortized-nb201-{key}.npz"
     if path.exists():
-        return AmortizedOptimizer.load(path)
+        try:
+            return AmortizedOptimizer.load(path)
+        except (OSError, ValueError):
+            pass                                   # unreadable or not ours: train again, overwrite it
     print("[edgepass] training the amortized optimizer for nb201 (once; cached)", file=sys.stderr)
     tables = nb201_full_tables(zsp)
     refs = reference_designs(len(zsp.accuracy))
@@ -166,7 +169,10 @@ def model_optimizer(space, accuracy_fn, *, cache=None, seed: int = 0, options: d
           file=sys.stderr)
     opt = model_space.train(space, accuracy_fn, seed=seed, progress=progress, **options)
     opt.info["key"] = key
-    opt.save(path)
+    try:
+        opt.save(path)
+    except (OSError, EdgepassError):
+        pass                                       # an unwritable cache costs time, never the compile
     return opt
 
 
@@ -245,10 +251,11 @@ def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_acc
         if method == "amortized" and budget.latency_ms is None:
             notes.append("the amortized optimizer takes a latency budget: searched instead")
             used = "search"
-        elif method == "amortized" and not problem.n_choices:
-            notes.append("the design space has no knobs: nothing to optimize")
-            used = "search"
-        if used == "exhaustive":
+        if not problem.n_choices:       # no weights, or only frozen / unknown ops: keep the model as it is
+            notes.append("nothing to optimize: the model has no layer whose width, kernel or precision can change; "
+                         "kept the original")
+            r = result_of(problem, budget, ident, reference_accuracy=ref)
+        elif used == "exhaustive":
             r = exhaustive(problem, budget, reference_accuracy=ref)
         elif used == "amortized":
             opt = model_optimizer(space, problem.accuracy_fn, cache=cache, seed=seed, options=train_options)
@@ -263,7 +270,7 @@ def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_acc
         if front is not None:
             front = front + [(float(r.latency_ms), float(r.accuracy))]
         alts = None
-        if candidates > 1 and r.feasible:
+        if candidates > 1 and r.feasible and problem.n_choices:
             from .candidates import candidate_codes
 
             codes = candidate_codes(problem, budget, space, r.code, k=candidates, reference_accuracy=ref)

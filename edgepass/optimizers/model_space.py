@@ -304,8 +304,10 @@ def greedy_labels(problem, budgets, start, *, polish: int = 30, coarse: bool = T
 
 
 def sample_budgets(rng, lo: float, hi: float, n: int) -> np.ndarray:
-    """Budgets log-uniform over a device's feasible range (just above the cheapest design up to the identity)."""
-    return np.exp(rng.uniform(np.log(lo * 1.02), np.log(hi), n))
+    """Budgets log-uniform over a device's feasible range (just above the cheapest design up to the identity).
+    A small model's identity can be within 2 % of its cheapest design (fixed per-op overheads dominate):
+    the range then shrinks to the identity's latency rather than turning upside down."""
+    return np.exp(rng.uniform(np.log(min(lo * 1.02, hi)), np.log(hi), n))
 
 
 def training_pairs(space, accuracy_fn, costs: dict, refs: np.ndarray, *, budgets_per_device: int = 8,

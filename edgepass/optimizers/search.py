@@ -42,6 +42,11 @@ def _result(problem, budget, code, reference_accuracy, t0, evals, history=()):
                         time.perf_counter() - t0, evals, list(history))
 
 
+def result_of(problem: Problem, budget: Budget, code, *, reference_accuracy=None) -> SearchResult:
+    """One design's predicted figures and feasibility, as a search would report it."""
+    return _result(problem, budget, np.asarray(code, dtype=np.int64), reference_accuracy, time.perf_counter(), 1)
+
+
 def exhaustive(problem: Problem, budget: Budget, *, reference_accuracy=None, chunk: int = 1 << 18,
                limit: float = 5e6) -> SearchResult:
     """The exact optimum, when the space is small enough to enumerate (NAS-Bench-201: 15,625)."""
@@ -110,7 +115,7 @@ def evolutionary(problem: Problem, budget: Budget, *, population: int = 100, ite
 @lru_cache(maxsize=32)
 def _moves(n_choices: tuple) -> tuple[np.ndarray, np.ndarray]:
     """(knob, offset) of every one-knob move, knob by knob; the offset skips the current choice."""
-    knob = np.repeat(np.arange(len(n_choices)), np.maximum(np.asarray(n_choices) - 1, 0))
+    knob = np.repeat(np.arange(len(n_choices)), np.maximum(np.asarray(n_choices, dtype=np.int64) - 1, 0))
     offset = np.concatenate([np.arange(n - 1) for n in n_choices]) if len(n_choices) else np.zeros(0, int)
     return knob, offset.astype(np.int64)
 
