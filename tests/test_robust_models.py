@@ -386,3 +386,21 @@ def test_an_npz_holding_a_pickle_is_refused_without_unpickling(tmp_path):
     np.savez(path, calibration=np.array([{"a": 1}, 2], dtype=object))
     with pytest.raises(InputError, match="object data"):
         calibration.samples(str(path), [calibration.InputSpec("x", (None, 2))])
+
+
+def test_a_tensor_read_inside_an_if_branch_keeps_its_channels(tmp_path):
+    """An If whose branches read the classifier's output from the outer scope (not as a listed input):
+    that output has a consumer edgepass cannot rewrite, so its channels are frozen, not narrowed."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hostile.inputs import if_net
+
+    from edgepass.frontends.onnx import outer_scope_inputs
+
+    model = if_net()
+    assert outer_scope_inputs(model.graph.node[-1]) == ["y0"]
+    space = edgepass.design_space(model)
+    assert "Gemm_6" not in {g.id for g in space.groups}
+    assert any("If" in (g.frozen or "") for g in space.frozen)

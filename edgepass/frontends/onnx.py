@@ -167,6 +167,33 @@ def check_tensor_sizes(shapes: dict) -> None:
                                         f"edgepass's limit of {MAX_TENSOR_ELEMENTS:.3g} (4 GiB of float32)")
 
 
+def outer_scope_inputs(node) -> list[str]:
+    """Names that the subgraphs of ``node`` (If branches, Loop/Scan bodies, nested) read from the
+    enclosing graph without listing them as inputs, in first-use order."""
+    found: list[str] = []
+
+    def subgraphs(n):
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield a.g
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                yield from a.graphs
+
+    def walk(graph, enclosing: set) -> None:   # enclosing: names defined by the subgraphs around this one
+        local = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+        for n in graph.node:
+            for name in n.input:
+                if name and name not in local and name not in enclosing and name not in found:
+                    found.append(name)
+            for sub in subgraphs(n):
+                walk(sub, enclosing | local)
+            local.update(o for o in n.output if o)
+
+    for sub in subgraphs(node):
+        walk(sub, set())
+    return found
+
+
 def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -250,7 +277,7 @@ class _Builder:
         return Const(src, tuple(shape), dtype, position, role)
 
     def mark_static(self, node) -> bool:
-        ins = [i for i in node.input if i]
+        ins = [i for i in node.input if i] + outer_scope_inputs(node)
         if node.op_type == "Constant":
             for o in node.output:
                 self.static[o] = o
@@ -278,6 +305,9 @@ class _Builder:
         t = node.op_type
         a = _attrs(node)
         acts = [(i, name) for i, name in enumerate(node.input) if name and name not in self.static]
+        # If/Loop/Scan bodies read outer tensors by name: they are inputs too (their channels must stay)
+        acts += [(len(node.input) + j, name) for j, name in enumerate(outer_scope_inputs(node))
+                 if name not in self.static and name not in node.input]
         consts = [self.const(name, i, "other") for i, name in enumerate(node.input) if name and name in self.static]
         missing = [n for _, n in acts if n not in self.shapes] + [o for o in node.output if o and o not in self.shapes]
         name = node.name or f"{t}_{idx}"
