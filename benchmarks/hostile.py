@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     cases = [c for c in all_cases() if (not args.only or args.only in c.name) and not (args.fast and c.slow)]
     rows, t0 = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["EDGEPASS_CACHE"] = str(Path(tmp) / "cache")   # one cache for the run, never the user's
         for i, case in enumerate(cases, 1):
             verdict = run_case(case, Path(tmp), isolate=not args.inprocess)
             rows.append(to_row(verdict))

@@ -334,13 +334,7 @@ def _fmt(shape) -> str:
 def default_samples(specs: list[InputSpec], n: int = DEFAULT_SAMPLES, seed: int = DEFAULT_SEED) -> dict:
     """``n`` seeded standard-normal samples per input (the documented fallback when no data is given)."""
     rng = np.random.default_rng(seed)
-    out = {}
-    for s in specs:
-        if s.shape is None or any(d is None for d in s.shape[1:]):
-            raise InputError(f"no calibration data given and input {s.name!r} has no fixed shape "
-                             f"{_fmt(s.shape) if s.shape else ''}: pass calibration data")
-        out[s.name] = random_array(rng, (n,) + tuple(s.shape[1:]), s.dtype)
-    return out
+    return {s.name: random_array(rng, (n,) + _sample_shape(s, "pass calibration data"), s.dtype) for s in specs}
 
 
 def random_array(rng, shape, dtype) -> np.ndarray:
@@ -353,13 +347,16 @@ def random_array(rng, shape, dtype) -> np.ndarray:
 def random_feed(specs: list[InputSpec], seed: int = DEFAULT_SEED) -> dict:
     """One seeded input per spec of its exact shape (a dynamic batch is 1) and dtype: a model's test run."""
     rng = np.random.default_rng(seed)
-    feed = {}
-    for s in specs:
-        if s.shape is None or any(d is None for d in s.shape[1:]):
-            raise InputError(f"input {s.name!r} has no fixed shape {_fmt(s.shape) if s.shape else ''}: "
-                             f"give its shape (--input-shape {s.name}:1,3,224,224)")
-        feed[s.name] = random_array(rng, (s.shape[0] or 1,) + tuple(s.shape[1:]), s.dtype)
-    return feed
+    return {s.name: random_array(rng, ((s.shape[0] or 1) if s.shape else 1,) +
+                                 _sample_shape(s, f"give its shape (--input-shape {s.name}:1,3,224,224)"), s.dtype)
+            for s in specs}
+
+
+def _sample_shape(spec: InputSpec, advice: str) -> tuple:
+    """The shape of one sample of ``spec`` (all but the batch axis), which must be fixed to make data up."""
+    if spec.shape is None or any(d is None for d in spec.shape[1:]):
+        raise InputError(f"input {spec.name!r} has no fixed shape {_fmt(spec.shape) if spec.shape else ''}: {advice}")
+    return tuple(spec.shape[1:])
 
 
 def samples(data, specs: list[InputSpec], *, what: str = "int8") -> dict:

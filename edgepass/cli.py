@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from .errors import EXIT_INTERNAL, EdgepassError
@@ -69,7 +71,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
+class Terminated(BaseException):
+    """SIGTERM (a build system stopping its jobs), raised in the main thread so that cleanup runs
+    and no partial output is left, as for Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
 def main(argv=None) -> int:
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        return _run(argv)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(argv) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -83,6 +107,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("edgepass: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("edgepass: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:
         return 0
     except MemoryError:

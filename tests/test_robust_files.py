@@ -353,6 +353,20 @@ def test_memory_error_is_one_line(work, capsys, monkeypatch):
     assert rc == EXIT_INTERNAL and err.count("\n") == 1 and "out of memory" in err
 
 
+def test_sigterm_stops_like_ctrl_c_and_restores_the_handler(work, capsys, monkeypatch):
+    import signal
+
+    def terminate(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 0
+
+    monkeypatch.setattr("edgepass.commands.analysis.cmd_analyze", terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["analyze", "model.onnx"]) == 143
+    assert capsys.readouterr().err.strip() == "edgepass: terminated"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 # ------------------------------------------------------------------ 9. the Python API checks its arguments first
 @pytest.mark.parametrize("model, kwargs, error", [
     ("model.onnx", {"latency_ms": "5"}, OptionError),
