@@ -199,8 +199,13 @@ def judge(case: Case, folder: Path, outcome: Outcome, before: dict) -> Verdict:
         p.append("internal error: " + _error_line(outcome.stderr))
     if not outcome.hung and outcome.rc not in case.expect:
         p.append(f"exit {outcome.rc}, expected {sorted(case.expect)}: {_error_line(outcome.stderr)}")
+    errors = [ln for ln in outcome.stderr.splitlines() if ln.startswith("edgepass: error:")]
     if outcome.rc is not None and 0 < outcome.rc < 128 and not _error_line(outcome.stderr):  # >= 128: a signal
         p.append("failed without an 'edgepass: error:' line")
+    if len(errors) > 1:
+        p.append(f"{len(errors)} error lines, not one")
+    if any(ln.startswith('  File "') for ln in outcome.stderr.splitlines()):
+        p.append("a stack frame on stderr")
     if outcome.seconds > case.timeout_s and not outcome.hung:
         p.append(f"slow: {outcome.seconds:.0f} s > {case.timeout_s:.0f} s")
     if outcome.rss_mb is not None and outcome.rss_mb > RSS_LIMIT_MB:
