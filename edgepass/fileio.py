@@ -130,6 +130,15 @@ def read_text(path, what: str) -> str:
     return text
 
 
+def is_regular_file(path) -> bool:
+    """``Path.is_file`` that answers False, never OSError/ValueError, for a name no file can have
+    (a component over NAME_MAX, a NUL byte): a user's text can be any string."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def is_device_file(entry) -> bool:
     """Whether a ``--device`` value names a file (what ``get_device`` would read) rather than an id."""
     if isinstance(entry, os.PathLike):

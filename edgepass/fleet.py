@@ -25,7 +25,7 @@ from pathlib import Path
 from .compile import (CompileOptions, Report, allowed_precisions, check_data_arg, check_model_arg, compile_prepared,
                       prepare, target, with_usable_cache, write_atomic)
 from .errors import EXIT_INFEASIBLE, EdgepassError, InputError
-from .fileio import check_files, check_input, is_device_file, read_text
+from .fileio import check_files, check_input, is_device_file, is_regular_file, read_text
 
 EXIT_TASK_FAILED = 1   # a task crashed with something that is not an edgepass error (a bug, a dead worker)
 
@@ -35,7 +35,7 @@ def device_filename(device_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", device_id.replace("/", "__")).strip("._") or "device"
 
 
-MAX_ENTRY_CHARS = 4096   # PATH_MAX: a longer line cannot name a device file (and Path.is_file() would raise)
+MAX_ENTRY_CHARS = 4096   # PATH_MAX: a longer line cannot name a device file
 
 
 def read_fleet_file(path) -> list[str]:
@@ -51,7 +51,7 @@ def read_fleet_file(path) -> list[str]:
         if len(entry) > MAX_ENTRY_CHARS:
             raise InputError(f"{path}: an entry of {len(entry)} characters is neither a device id nor a path")
         beside = path.parent / entry
-        entries.append(str(beside) if not Path(entry).is_absolute() and beside.is_file() else entry)
+        entries.append(str(beside) if not Path(entry).is_absolute() and is_regular_file(beside) else entry)
     if not entries:
         raise InputError(f"{path}: the fleet file lists no devices")
     return entries

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..errors import DeviceError
+from ..fileio import is_regular_file
 from .schema import Device, load_device
 
 DB_SCHEMA = "edgepass.device-db/1"
@@ -87,18 +88,9 @@ def get_device(device: DeviceLike) -> Device:
     lowered = key.lower()
     if lowered in index:
         return index[lowered]
-    if key.endswith(".json") or _is_file(key):
+    if key.endswith(".json") or is_regular_file(key):
         return load_device(key)
     raise DeviceError(f"unknown device '{key}'{_suggest(lowered)} (see `edgepass devices`)")
-
-
-def _is_file(path: str) -> bool:
-    """``Path.is_file`` that answers False, not OSError/ValueError, for a name no file can have
-    (too long, a NUL byte)."""
-    try:
-        return Path(path).is_file()
-    except (OSError, ValueError):
-        return False
 
 
 def _suggest(key: str, n: int = 5) -> str:

@@ -456,7 +456,7 @@ def bad_lists_and_tables():
     """Fleet lists, device-fit CSVs, campaign plans and design files that are not what they claim."""
     lists = {"empty": b"", "binary": I.random_bytes(300, 5), "comments-only": b"# nothing\n",
              "unknown-device": b"help/pixel2\nnosuch/device\n", "traversal": b"../../etc/passwd\n",
-             "huge-line": b"x" * (1 << 20) + b"\n"}
+             "huge-line": b"x" * (1 << 20) + b"\n", "name-over-255": b"y" * 300 + b"\n"}
     for name, data in lists.items():
         expect = frozenset({USAGE, DEVICE}) if name != "unknown-device" else frozenset({DEVICE})
         yield Case(f"fleet-list-{name}/compile",
