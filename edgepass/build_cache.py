@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .fileio import read_prefix
+
 # the inputs, re-attached from the current compile on load rather than stored
 _INPUTS = ("model", "space", "x", "labels", "example_inputs", "knobs", "reference", "_flat")   # + derived tables
 _VERSION = 3   # 2: one-pass ONNX recalibration; 3: least-squares reconstruction (measured metrics changed)
@@ -68,8 +70,7 @@ def _warn_ignored(path: Path, why: str) -> None:
 def _read_json(path: Path):
     """The parsed entry, None when absent; CacheEntryError when unreadable, oversized or not JSON."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_ENTRY_BYTES + 1)
+        raw = read_prefix(path, MAX_ENTRY_BYTES + 1)
     except FileNotFoundError:
         return None
     except OSError as exc:

@@ -18,7 +18,7 @@ import sys
 import threading
 import traceback
 
-from .errors import EXIT_INTERNAL, EdgepassError
+from .errors import EXIT_INTERNAL, EdgepassError, one_line
 
 # verb modules, imported lazily so `edgepass --help` stays fast
 COMMANDS = [
@@ -67,8 +67,8 @@ def _debug_wanted(args) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+    text = one_line(exc, limit=300)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Terminated(BaseException):

@@ -29,10 +29,10 @@ class EdgepassError(Exception):
 MAX_MESSAGE_CHARS = 600
 
 
-def one_line(message) -> str:
+def one_line(message, limit: int = MAX_MESSAGE_CHARS) -> str:
     """A message on one line, cut to a readable length (a user's 1 MB value must not come back whole)."""
     text = " ".join(str(message).split())
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 15] + " ... (cut)"
+    return text if len(text) <= limit else text[: limit - 15] + " ... (cut)"
 
 
 class InputError(EdgepassError):

@@ -130,6 +130,17 @@ def read_text(path, what: str) -> str:
     return text
 
 
+def read_prefix(path, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file. The file is opened without blocking and anything
+    else (a FIFO, a device node, whose reads could block or never end) is an OSError; callers ask
+    for one byte more than they accept to see that a file is too large."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{Path(path).name} is not a regular file")
+        return fh.read(limit)
+
+
 def is_regular_file(path) -> bool:
     """``Path.is_file`` that answers False, never OSError/ValueError, for a name no file can have
     (a component over NAME_MAX, a NUL byte): a user's text can be any string."""

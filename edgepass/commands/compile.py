@@ -136,13 +136,16 @@ def _fleet(src: Path, outdir: Path, args) -> int:
 
 def _stored_design(out, dst: Path):
     """The design of the report a compile embedded in ``out``; a missing or edited report -> InputError."""
+    from ..compile import report_of
     from ..space import Design
 
-    text = next((p.value for p in out.metadata_props if p.key == "edgepass.report"), None)
-    if text is None:
+    try:
+        report = report_of(out)
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"{dst}: its embedded report was edited or is damaged ({type(exc).__name__})") from None
+    if report is None:
         raise InputError(f"{dst}: no edgepass report in the model's metadata (not compiled by edgepass?)")
     try:
-        report = json.loads(text)
         return Design.from_dict(report["design"])
     except InputError as exc:
         raise InputError(f"{dst}: its embedded report was edited or is damaged ({exc})") from None

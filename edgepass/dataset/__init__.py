@@ -33,6 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+from ..fileio import read_prefix, write_atomic
 from .table import FORMAT, METRICS, PRECISIONS, TrainingSet
 
 __all__ = ["load", "load_public", "load_cpu", "cpu_per_node", "report", "features", "cache_dir",
@@ -127,9 +129,6 @@ def features(spec: str, *, per_op: bool = True, cache: bool = True) -> dict[str,
     if per_op:
         out["ops"] = [_op_row(op) for op in graph.ops()]
     if cache:
-        from ..errors import InputError
-        from ..fileio import write_atomic
-
         try:   # atomic: a concurrent reader or a killed writer never leaves half an entry
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, json.dumps(out, separators=(",", ":")).encode())
@@ -151,8 +150,7 @@ def read_cached_features(path: Path, canon: str, *, per_op: bool = True) -> dict
     """The cached features at ``path`` when they are what :func:`features` writes for ``canon``;
     None when absent, and None with a one-line warning when malformed (then rebuilt and overwritten)."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(_MAX_FEATURE_BYTES + 1)
+        raw = read_prefix(path, _MAX_FEATURE_BYTES + 1)
     except OSError:
         return None
     try:

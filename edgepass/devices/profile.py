@@ -424,13 +424,13 @@ def compare_signatures(a: Device, b: Device) -> dict[str, Any]:
 
 def cmd_profile(args) -> int:
     """``edgepass profile`` (registered by :mod:`edgepass.devices.cli`)."""
-    from ..fileio import check_files, write_atomic
+    from ..fileio import check_files
 
     out = Path(args.output)
     check_files(outputs={"-o": out})   # before the minutes of profiling
     t0 = time.time()
     dev = profile_device(args.threads, name=args.name, device_id=args.id, quick=args.quick, kind=args.kind)
-    write_atomic(out, (dev.to_json() + "\n").encode("utf-8"))   # Device.save's format, atomically
+    dev.save(out)   # atomic
     print(f"{out}: device {dev.id} ({dev.kind}, onnxruntime, {dev.threads} thread(s)), "
           f"{len(dev.signature)} reference timings in {time.time() - t0:.1f} s")
     return 0

@@ -16,15 +16,13 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import DeviceError
-from ..fileio import write_atomic
+from ..fileio import read_prefix, write_atomic
 
 SCHEMA = "edgepass.device/1"
 
@@ -169,22 +167,12 @@ def load_device(path: str | Path) -> Device:
     """Read and validate a device JSON file; every failure is a one-line DeviceError."""
     p = Path(path)
     try:
-        raw = _read_regular_file(p, MAX_DEVICE_FILE_BYTES + 1)
+        raw = read_prefix(p, MAX_DEVICE_FILE_BYTES + 1)
     except (OSError, ValueError) as exc:   # ValueError: a NUL byte in the path
         raise DeviceError(f"device file {p}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     if len(raw) > MAX_DEVICE_FILE_BYTES:
         raise DeviceError(f"device file {p.name}: larger than {MAX_DEVICE_FILE_BYTES >> 20} MiB; not a device file")
     return Device.from_json(raw, origin=f"device file {p.name}")
-
-
-def _read_regular_file(path: Path, limit: int) -> bytes:
-    """At most ``limit`` bytes of a regular file; a FIFO or device would block or never end, so
-    it is opened without blocking and refused."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path.name} is not a regular file")
-        return fh.read(limit)
 
 
 # ---------------------------------------------------------------------- strict JSON

@@ -276,8 +276,9 @@ class _Builder:
         dtype = self.dtypes.get(src, self.dtypes.get(t, "fp32"))
         return Const(src, tuple(shape), dtype, position, role)
 
-    def mark_static(self, node) -> bool:
-        ins = [i for i in node.input if i] + outer_scope_inputs(node)
+    def mark_static(self, node, outer: list | None = None) -> bool:
+        """``outer``: the node's :func:`outer_scope_inputs`, when the caller has them already."""
+        ins = [i for i in node.input if i] + (outer_scope_inputs(node) if outer is None else outer)
         if node.op_type == "Constant":
             for o in node.output:
                 self.static[o] = o
@@ -300,13 +301,14 @@ class _Builder:
         return False
 
     def visit(self, idx: int, node) -> None:
-        if self.mark_static(node):
+        outer = outer_scope_inputs(node)
+        if self.mark_static(node, outer):
             return
         t = node.op_type
         a = _attrs(node)
         acts = [(i, name) for i, name in enumerate(node.input) if name and name not in self.static]
         # If/Loop/Scan bodies read outer tensors by name: they are inputs too (their channels must stay)
-        acts += [(len(node.input) + j, name) for j, name in enumerate(outer_scope_inputs(node))
+        acts += [(len(node.input) + j, name) for j, name in enumerate(outer)
                  if name not in self.static and name not in node.input]
         consts = [self.const(name, i, "other") for i, name in enumerate(node.input) if name and name in self.static]
         missing = [n for _, n in acts if n not in self.shapes] + [o for o in node.output if o and o not in self.shapes]
