@@ -45,11 +45,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import OUT, print_table, write_json  # noqa: E402
 
-from edgepass.optimizers import AmortizedOptimizer, Budget, evolutionary, exhaustive, repair  # noqa: E402
+from edgepass.optimizers import AmortizedOptimizer, Budget, CallableProblem, evolutionary, exhaustive, repair  # noqa: E402
 from edgepass.optimizers.api import nb201_full_tables  # noqa: E402
 from edgepass.optimizers.population import (QUANTILES, budget_feature, budget_features, reference_designs,  # noqa: E402
                                           reference_vector, synthetic_devices, training_pairs)
-from edgepass.zoo.spaces import space  # noqa: E402
+from edgepass.optimizers.zoo_space import space  # noqa: E402
 
 HELD_OUT = {"titan_rtx_256": "help/titan-rtx-b256", "gold_6226": "help/xeon-gold-6226", "fpga": "hwnasbench/fpga",
             "pixel2": "help/pixel2", "raspi4": "hwnasbench/raspi4", "eyeriss": "hwnasbench/eyeriss"}
@@ -214,7 +214,7 @@ def model_section(name: str, args) -> dict:
     rows, fronts = [], None
     for dev in held:
         c = costs[dev]
-        problem = ms.CostsProblem(n_choices, acc, c)
+        problem = CallableProblem(n_choices, acc, c.predict)
         lo, hi = ms.feasible_range(c, opt.refs)
         for f in FRACTIONS:
             L = float(np.exp(np.log(lo * 1.02) + f * (np.log(hi) - np.log(lo * 1.02))))
@@ -288,7 +288,7 @@ def fleet(opt, sp, acc, held_costs: dict, n: int) -> dict:
     codes = opt.decode_many(costs, budgets)
     fits = []
     for c, L, code in zip(costs, budgets, codes):
-        r = repair(ms.CostsProblem(n_choices, acc, c), Budget(latency_ms=L), code, polish=3)
+        r = repair(CallableProblem(n_choices, acc, c.predict), Budget(latency_ms=L), code, polish=3)
         fits.append(r.feasible and r.latency_ms <= L)
     return {"fleet_devices": n, "fleet_seconds": time.perf_counter() - t,
             "fleet_budget_met_%": 100.0 * float(np.mean(fits))}

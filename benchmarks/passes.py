@@ -75,20 +75,20 @@ def pass_time_resnet50(tmp) -> dict:
             apply_design(src, design, example_inputs=x)
             times.append(time.perf_counter() - t)
             # passes alone (analysis excluded): the space is already known
-            from edgepass.rewrite import _fx_pipeline, _onnx_pipeline
+            from edgepass.rewrite import build_pipeline
 
             if label == "onnx":
                 import onnx_ir as ir
 
                 irm = ir.from_proto(edgepass.frontends.onnx.load_model(path))
                 t = time.perf_counter()
-                _onnx_pipeline(space, design, calibration_data=None, importance="l1")(irm)
+                build_pipeline(space, design, framework="onnx", calibration_data=None, importance="l1")(irm)
             else:
                 import copy
 
                 gm = copy.deepcopy(space.graph.graph["gm"])
                 t = time.perf_counter()
-                _fx_pipeline(space, design, calibration_data=None, importance="l1")(gm)
+                build_pipeline(space, design, framework="torch", calibration_data=None, importance="l1")(gm)
             passes.append(time.perf_counter() - t)
         out[label] = {"apply_s": statistics.median(times), "passes_only_s": statistics.median(passes)}
     return out

@@ -89,13 +89,13 @@ def class_count_baseline(mats_tr, ytr, mats_te):
     (kind, kernel, depthwise, int8 -- :func:`edgepass.predictors.latency.op_classes`) plus an
     intercept, ridge strength by leave-one-out. On NAS-Bench-201 this is the classic "count the
     3x3 convs" model, which is exact on accelerators whose latency is a sum over cell ops."""
-    from edgepass.predictors.latency import OPRES_ALPHAS, _class_matrix, _ridge_loo
+    from edgepass.predictors.latency import OPRES_ALPHAS, class_matrix, ridge_loo
 
-    Ftr, classes = _class_matrix(mats_tr)
-    Fte, _ = _class_matrix(mats_te, classes)
+    Ftr, classes = class_matrix(mats_tr)
+    Fte, _ = class_matrix(mats_te, classes)
     Ftr, Fte = Ftr[:, 0::3], Fte[:, 0::3]
     mu = Ftr.mean(0)
-    _, _, coef = _ridge_loo(Ftr - mu, ytr - ytr.mean(), OPRES_ALPHAS, h0=1.0 / len(ytr))
+    _, _, coef = ridge_loo(Ftr - mu, ytr - ytr.mean(), OPRES_ALPHAS, h0=1.0 / len(ytr))
     return np.maximum(ytr.mean() + (Fte - mu) @ (0 if coef is None else coef), 1e-6)
 
 

@@ -138,9 +138,9 @@ def section_proxy(k: int, n_eval: int, seed: int, quick: bool) -> tuple[list, li
 
 
 def _specs_of(dev):
-    from edgepass.predictors.proxy import _measured
+    from edgepass.predictors.proxy import measured_table
 
-    t = _measured(dev, None)
+    t = measured_table(dev, None)
     items = [(s, v) for s, v in t.items() if s.startswith("nb201:")]
     return [s for s, _ in items], [v for _, v in items]
 

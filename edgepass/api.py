@@ -1,31 +1,11 @@
-"""Public entry points that dispatch on the model's type."""
+"""``analyze``: the IR of a model, whichever front end reads it (torch.fx or ONNX)."""
 from __future__ import annotations
 
 import os
 
 from .errors import InputError
 from .ir import Graph
-
-DEFAULT_IMAGE_SHAPE = (1, 3, 224, 224)
-
-
-def is_torch_module(model) -> bool:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        return False
-    return isinstance(model, torch.nn.Module)
-
-
-def example_inputs_for(model, example_inputs):
-    """Normalise ``example_inputs`` to a tuple of tensors (default: one 1x3x224x224 image)."""
-    import torch
-
-    if example_inputs is None:
-        return (torch.randn(*DEFAULT_IMAGE_SHAPE, generator=torch.Generator().manual_seed(0)),)
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)
+from .util import DEFAULT_IMAGE_SHAPE, example_inputs_for, is_torch_module  # (their old home)
 
 
 def analyze(model, example_inputs=None, *, input_shapes: dict | None = None) -> Graph:
@@ -36,13 +16,18 @@ def analyze(model, example_inputs=None, *, input_shapes: dict | None = None) -> 
     e.g. ``{"input": (1, 3, 640, 640)}``).
     """
     if is_torch_module(model):
+        # each front end loads its own framework (torch.fx, onnx) only when a model needs it
         from .frontends.fx import analyze_fx
 
         return analyze_fx(model, example_inputs_for(model, example_inputs))
     import onnx
 
     if isinstance(model, (str, os.PathLike, bytes, bytearray, onnx.ModelProto)):
+        # (as above: onnx-only users never import torch through here)
         from .frontends.onnx import analyze_onnx
 
         return analyze_onnx(model, input_shapes=input_shapes)
     raise InputError(f"cannot analyze a {type(model).__name__}: give an nn.Module, an onnx.ModelProto or a path")
+
+
+__all__ = ["analyze", "DEFAULT_IMAGE_SHAPE", "example_inputs_for", "is_torch_module"]

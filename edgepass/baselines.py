@@ -33,7 +33,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .devices.measure import measure
 from .errors import InputError
+from .frontends.onnx import analyze_onnx, load_model
+from .passes.plan import channel_importance
+from .rewrite import build_pipeline
+from .space import ChannelGroup, DesignSpace, build_space
 
 KINDS = ("uniform", "int8", "uniform+int8", "magnitude")
 #: the smallest multiplier / MACs fraction the bisection tries
@@ -84,8 +89,6 @@ def channel_step(g) -> int:
 
 def fine_space(space):
     """A copy of ``space`` whose groups offer every multiple of their :func:`channel_step`."""
-    from .space import ChannelGroup, DesignSpace
-
     groups = [ChannelGroup(g.id, g.width, g.members, list(range(g.width, 0, -channel_step(g))), g.granularity,
                            g.frozen) for g in space.groups]
     return DesignSpace(space.graph, groups, space.frozen, space.kernels, space.precisions, space.layouts,
@@ -109,10 +112,6 @@ def uniform_design(space, multiplier: float, *, precision: str | None = None):
 
 def global_channel_scores(space, proto) -> dict:
     """Group id -> per-channel L1 score, on one global scale (each producer's norms / their mean)."""
-    from .passes.plan import channel_importance
-
-    from .frontends.onnx import load_model
-
     inits = {t.name: t for t in load_model(proto).graph.initializer}
     import onnx.numpy_helper as nh
 
@@ -165,13 +164,11 @@ def realise(proto, space, design, calibration=None, *, recalibrate: bool = True,
     import onnx
     import onnx_ir as ir
 
-    from .rewrite import _onnx_pipeline
-
     design = space.validate(design)
     if design == space.identity():
         return onnx.ModelProto.FromString(proto.SerializeToString())
-    pipe = _onnx_pipeline(space, design, calibration_data=calibration, importance="l1", original=proto,
-                          recalibrate=recalibrate, reconstruct=reconstruct)
+    pipe = build_pipeline(space, design, framework="onnx", calibration_data=calibration, importance="l1",
+                          original=proto, recalibrate=recalibrate, reconstruct=reconstruct)
     return ir.to_proto(pipe(ir.from_proto(onnx.ModelProto.FromString(proto.SerializeToString()))).model)
 
 
@@ -180,8 +177,6 @@ def measured_ms(proto, *, runs: int = 100, repeats: int = 3, min_seconds: float 
 
     Robust to a noisy neighbour; ``min_seconds`` matters for sub-millisecond models, where 100 runs
     span ~20 ms and one scheduler burst moved a median by 16 % here."""
-    from .devices.measure import measure
-
     return float(np.median([measure(proto, threads=1, runs=runs, warmup=10, seed=i,
                                     min_seconds=min_seconds).median_ms for i in range(repeats)]))
 
@@ -200,8 +195,6 @@ def to_latency(model, kind: str, target_ms: float, *, calibration=None, tol: flo
     :func:`edgepass.apply`; weights only, so its latency is the one measured). ``measure``: a
     function ONNX model -> ms to use instead of timing on this CPU (:func:`measured_ms` with
     ``runs``/``repeats``/``min_seconds``), e.g. a predictor, or a fixed cost model in tests."""
-    from .frontends.onnx import analyze_onnx, load_model
-    from .space import build_space
 
     if kind not in KINDS:
         raise InputError(f"baseline must be one of {', '.join(KINDS)}, not {kind!r}")

@@ -17,7 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import read_prefix
+from .errors import InputError
+from .fileio import read_prefix, write_atomic
+from .predictors import accuracy
+from .predictors.accuracy import AccuracyPredictor, CORRECTIONS
+from .util import cache_dir as cache_root, is_torch_module
 
 # the inputs, re-attached from the current compile on load rather than stored
 _INPUTS = ("model", "space", "x", "labels", "example_inputs", "knobs", "reference", "_flat")   # + derived tables
@@ -28,16 +32,12 @@ _ARRAY_DTYPES = ("float64", "float32", "int64")
 
 
 def _source_sha() -> str:
-    from .predictors import accuracy
-
     return hashlib.sha256(Path(accuracy.__file__).read_bytes()).hexdigest()[:12]
 
 
-def _path(cache_dir, key: str) -> Path:
-    from .optimizers.api import cache_dir as resolve
-
+def accuracy_entry_path(cache_dir, key: str) -> Path:
     digest = hashlib.sha256(f"{_VERSION}-{_source_sha()}-{key}".encode()).hexdigest()[:24]
-    return resolve(cache_dir) / "accuracy" / f"{digest}.json"
+    return cache_root(cache_dir) / "accuracy" / f"{digest}.json"
 
 
 def _encode(v):
@@ -154,8 +154,6 @@ def _check_logits(v, name, ctx):
 
 
 def _check_correction(v, name, ctx):
-    from .predictors.accuracy import CORRECTIONS
-
     _expect(isinstance(v, dict) and v.get("kind") in CORRECTIONS, name, f"kind must be one of {CORRECTIONS}")
     fields = {"kind", "loo_mae", "loo_spearman"} | ({"xs", "ys"} if v["kind"] in ("isotonic", "damage") else
                                                   {"w"} if v["kind"] == "ridge" else set())
@@ -193,8 +191,6 @@ _STATE_SCHEMA = {
 def _checked_state(data, *, knobs, samples) -> dict:
     """The decoded predictor state of a cache entry, or CacheEntryError: exactly the keys of
     :data:`_STATE_SCHEMA` (no more, no fewer), each of the type and shape the current space needs."""
-    from .predictors.accuracy import AccuracyPredictor
-
     _expect(isinstance(data, dict) and set(data) == {"class", "state"}, "entry", "must hold class and state")
     _expect(data["class"] == AccuracyPredictor.__qualname__, "class", f"must be {AccuracyPredictor.__qualname__}")
     _expect(isinstance(data["state"], dict), "state", "must be an object")
@@ -211,13 +207,11 @@ def _checked_state(data, *, knobs, samples) -> dict:
 
 def save_accuracy(cache_dir, key: str, predictor) -> bool:
     """Store ``predictor``'s fitted state; False (and nothing written) when it cannot be stored."""
-    from .compile import write_atomic
-    from .errors import InputError
 
     try:
         state = {k: _encode(v) for k, v in vars(predictor).items() if k not in _INPUTS}
         text = json.dumps({"class": type(predictor).__qualname__, "state": state}, sort_keys=True, allow_nan=False)
-        path = _path(cache_dir, key)
+        path = accuracy_entry_path(cache_dir, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, text.encode())
         return True
@@ -228,11 +222,8 @@ def save_accuracy(cache_dir, key: str, predictor) -> bool:
 def load_accuracy(cache_dir, key: str, *, model, space, x, labels, example_inputs):
     """The cached predictor for ``key`` with the current inputs re-attached, or None (absent, or an
     entry that fails :func:`_checked_state`: warned about once, then recomputed and overwritten)."""
-    from .api import is_torch_module
-    from .predictors.accuracy import AccuracyPredictor
-
     try:
-        path = _path(cache_dir, key)
+        path = accuracy_entry_path(cache_dir, key)
     except OSError:
         return None   # an unusable cache folder is a miss, not an error
     knobs = space.knobs()
@@ -266,8 +257,8 @@ class EvaluationRecords(dict):
         self.unconfirmed = set(unconfirmed)
 
 
-def _evals_path(cache_dir, key: str) -> Path:
-    return _path(cache_dir, key).with_suffix(".evaluated.json")
+def evaluations_path(cache_dir, key: str) -> Path:
+    return accuracy_entry_path(cache_dir, key).with_suffix(".evaluated.json")
 
 
 def load_evaluations(cache_dir, key: str) -> EvaluationRecords:
@@ -275,7 +266,7 @@ def load_evaluations(cache_dir, key: str) -> EvaluationRecords:
     predictor of ``key``, all marked unconfirmed; empty when none are cached or the file is
     malformed (then warned about; the next save overwrites it)."""
     try:
-        path = _evals_path(cache_dir, key)
+        path = evaluations_path(cache_dir, key)
         data = _read_json(path)
         if data is None:
             return EvaluationRecords()
@@ -292,11 +283,9 @@ def load_evaluations(cache_dir, key: str) -> EvaluationRecords:
 
 def save_evaluations(cache_dir, key: str, evaluated: dict) -> None:
     """Store ``evaluated`` next to the predictor (deterministic values: a later compile reuses them)."""
-    from .compile import write_atomic
-    from .errors import InputError
 
     try:
-        path = _evals_path(cache_dir, key)
+        path = evaluations_path(cache_dir, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(dict(evaluated), sort_keys=True).encode())
     except (OSError, InputError):
@@ -335,7 +324,7 @@ def confirm_records(evaluated: dict, designs: list, measure, cache=None) -> bool
     for key in list(unconfirmed):
         evaluated.pop(key, None)
     unconfirmed.clear()
-    where = _evals_path(*cache) if cache is not None else "the cache"
+    where = evaluations_path(*cache) if cache is not None else "the cache"
     print(f"edgepass: warning: {len(wrong)} cached evaluation record(s) in {where} disagree with a new "
           f"measurement; dropped the unconfirmed records and measuring again", file=sys.stderr)
     if cache is not None:

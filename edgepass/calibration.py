@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, UnsupportedModelError
 
 DEFAULT_SAMPLES = 32
 DEFAULT_SEED = 0
@@ -107,8 +107,6 @@ def graph_input_specs(graph) -> list[InputSpec]:
 def accuracy_input(graph) -> InputSpec:
     """The model's one floating-point input, which the accuracy predictor feeds (its own synthetic
     samples or the calibration data); any other model is not supported by a compile."""
-    from .errors import UnsupportedModelError
-
     specs = graph_input_specs(graph)
     listed = ", ".join(f"{s.name} ({np.dtype(s.dtype).name})" for s in specs) or "none"
     if len(specs) != 1 or not np.issubdtype(np.dtype(specs[0].dtype), np.floating):

@@ -36,7 +36,6 @@ reads it (``--from-device`` picks one device's rows). Guarantees:
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -47,8 +46,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from . import zoo
+from .dataset.table import TrainingSet
+from .devices.measure import measure
 from .errors import MAX_SEED, MAX_THREADS, EdgepassError, InputError
-from .fileio import check_files, read_text
+from .executors import get_executor
+from .export import export_onnx
+from .fileio import check_files, read_text, write_atomic
+from .frontends.onnx import analyze_onnx
+from .rewrite import apply
+from .space import Design, build_space
 
 #: Columns of the training-set CSV (docs/training-set.md, ``cpu_ort.csv.gz``) ...
 TRAINING_COLUMNS = ["device", "spec", "design", "precision", "threads", "latency_ms", "iqr_ms", "p25_ms",
@@ -120,7 +127,6 @@ def resolve_model(ref: str, base: Path) -> tuple[str, str]:
     """(model, spec): an ONNX path made absolute (spec ``""``) or a canonical zoo spec (both the same)."""
     if _is_onnx_ref(ref, base):
         return str((base / ref).resolve()), ""
-    from . import zoo
 
     canon = zoo.parse(ref)["canonical"]  # InputError for a spec the zoo cannot parse
     return canon, canon
@@ -141,8 +147,6 @@ def base_model(model: str) -> bytes:
         else:
             import tempfile
 
-            from . import zoo
-            from .export import export_onnx
 
             zm = zoo.build(model)
             with tempfile.TemporaryDirectory(prefix="edgepass-campaign-") as tmp:
@@ -154,9 +158,6 @@ def base_model(model: str) -> bytes:
 
 
 def _space(model: str):
-    from .frontends.onnx import analyze_onnx
-    from .space import build_space
-
     return build_space(analyze_onnx(base_model(model)))
 
 
@@ -213,13 +214,9 @@ def measure_task(item: dict, shared: dict | None = None) -> dict:
     by the driver -- device hosts need no access to the driver's files; zoo specs are built here."""
     import warnings
 
-    from .devices.measure import measure
-
     blob = (shared or {}).get("onnx", {}).get(item["model"])
     data = blob.tobytes() if blob is not None else base_model(item["model"])
     if item["design"]:
-        from . import apply
-        from .space import Design
 
         design = Design.from_json(item["design"])
         with warnings.catch_warnings():
@@ -227,8 +224,6 @@ def measure_task(item: dict, shared: dict | None = None) -> dict:
             data = apply(data, design).SerializeToString()
         precision = design_precision(design.precisions.values())
     else:
-        from .frontends.onnx import analyze_onnx
-
         precision = design_precision(op.precision for op in analyze_onnx(data).ops())
     m = measure(data, threads=item["threads"], runs=item["runs"], warmup=item["warmup"])
     return {"device": item["device"], "spec": item["spec"], "design": item["design"], "precision": precision,
@@ -250,8 +245,6 @@ class AppendLog:
     torn last line (a crash in the middle of a write)."""
 
     def __init__(self, path: Path, columns: list[str], *, fresh: bool = False):
-        from .compile import write_atomic
-
         self.path, self.columns = Path(path), columns
         self.rows: list[dict] = []
         header = _csv_line(columns, dict(zip(columns, columns)))
@@ -285,8 +278,6 @@ class AppendLog:
 
     def rewrite(self, rows: list[dict]) -> None:
         """Replace the file's rows (atomically), e.g. to put them in plan order."""
-        from .compile import write_atomic
-
         self.close()
         text = _csv_line(self.columns, dict(zip(self.columns, self.columns)))
         text += "".join(_csv_line(self.columns, r) for r in rows)
@@ -331,8 +322,6 @@ def run_campaign(plan, out=None, *, executor="inprocess", workers: int | None = 
     machine); with ``ray_address`` the cluster's device hosts must advertise them. ``task`` replaces
     :func:`measure_task` (a module-level function; used by the fault tests).
     """
-    from .executors import get_executor
-
     t0 = time.perf_counter()
     from_file = isinstance(plan, (str, os.PathLike))
     plan_path = plan if from_file else None
@@ -404,8 +393,6 @@ def training_set(path, *, source: str = "campaign"):
     row model as ``dataset.load_cpu()``, designs kept), ready for ``TrainingSet.concat([dataset.load(),
     ...])`` and predictor re-training. Rows of ONNX files are left out: the training set keys
     architectures by zoo spec (their features are built from the spec)."""
-    from .dataset.table import TrainingSet
-
     p = Path(path)
     if not is_campaign_csv(p):
         raise InputError(f"{p} is not a campaign CSV (columns {','.join(COLUMNS)})")
@@ -451,8 +438,6 @@ def fit_pairs(path, device: str | None = None) -> tuple[list[tuple[Any, float]],
     for r in rows:
         ref: Any = r["spec"] or r["model"]
         if r["design"]:
-            from .space import Design
-
             ref = _space(r["model"]).design_graph(Design.from_json(r["design"]))
         pairs.append((ref, float(r["latency_ms"])))
     precs = {r["precision"] for r in rows}
@@ -460,39 +445,5 @@ def fit_pairs(path, device: str | None = None) -> tuple[list[tuple[Any, float]],
 
 
 # ------------------------------------------------------------------ CLI
-def add_parser(subparsers) -> None:
-    from .commands import argtypes
-
-    p = subparsers.add_parser("campaign", help="measure a plan of models x devices into a training-set CSV")
-    p.add_argument("plan", help="plan JSON: devices, models (zoo specs, ONNX files, random designs)")
-    p.add_argument("--executor", default="inprocess", choices=["inprocess", "process", "ray"],
-                   help="where measurements run (ray: each on the host advertising its device)")
-    p.add_argument("--workers", type=argtypes.workers, help="worker processes (process pool / local Ray)")
-    p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--out", help="dataset CSV to append to (default: campaign.csv next to the plan)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=_cmd_campaign)
-
-
-def _cmd_campaign(args) -> int:
-    if args.ray_address and args.executor != "ray":
-        raise InputError("--ray-address needs --executor ray")
-    # stdout carries only the summary: anything a library prints while the campaign runs (Ray's
-    # raylet notices about dead workers, onnxruntime) goes to stderr with the progress bar
-    with contextlib.redirect_stdout(sys.stderr):
-        summary = run_campaign(args.plan, args.out, executor=args.executor, workers=args.workers,
-                               ray_address=args.ray_address, progress=True)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    print(f"{summary['out']}: {summary['measured']} measured, {summary['skipped']} already there, "
-          f"{summary['failed']} failed ({summary['retried']} after a lost worker), {summary['wall_s']:.1f} s")
-    for f in summary["failures"][:10]:
-        print(f"failed: {f['device']} {f['model']}: {f['error']}", file=sys.stderr)
-    if summary["failed"]:
-        print(f"failures: {summary['errors']}", file=sys.stderr)
-    return 0
-
-
 __all__ = ["run_campaign", "load_plan", "expand", "measure_task", "fit_pairs", "is_campaign_csv", "training_set", "COLUMNS",
            "TRAINING_COLUMNS", "ERROR_COLUMNS"]

@@ -1,8 +1,8 @@
 """Command line: ``edgepass <verb> ...``.
 
-Results go to stdout (``--json`` for machines), progress and logs to stderr. Each verb lives in
-the module that implements it and registers itself through :data:`COMMANDS` (module path of a
-function ``add_parser(subparsers)`` that sets ``func`` on its parser; ``func(args) -> int``).
+Results go to stdout (``--json`` for machines), progress and logs to stderr. Each verb is one module
+of :mod:`edgepass.commands`, listed in :data:`COMMANDS`, with a function ``add_parser(subparsers)``
+that sets ``func`` on its parser (``func(args) -> int``, its Python twin in the package).
 
 Whatever happens, the user sees one line on stderr and a documented exit code: an
 :class:`EdgepassError` its own code, anything else (a bug) ``edgepass: internal error: ...`` and
@@ -19,14 +19,20 @@ import threading
 import traceback
 
 from .errors import EXIT_INTERNAL, EdgepassError, one_line
+from .fileio import check_input
 
 # verb modules, imported lazily so `edgepass --help` stays fast
 COMMANDS = [
-    "edgepass.commands.analysis",
-    "edgepass.devices.cli",
-    "edgepass.predict",
+    "edgepass.commands.analyze",
+    "edgepass.commands.space",
+    "edgepass.commands.demo",
+    "edgepass.commands.devices",
+    "edgepass.commands.measure",
+    "edgepass.commands.profile",
+    "edgepass.commands.predict",
+    "edgepass.commands.device",
     "edgepass.commands.compile",
-    "edgepass.campaign",
+    "edgepass.commands.campaign",
 ]
 
 #: arguments (of any verb) that name files the verb reads; when such a path exists it must be a
@@ -53,8 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_input_args(args) -> None:
     """The existing paths among :data:`INPUT_ARGS` are regular files (before the verb reads them)."""
-    from .fileio import check_input
-
     for name in INPUT_ARGS:
         value = getattr(args, name, None)
         for path in value if isinstance(value, list) else [value]:

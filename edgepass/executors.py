@@ -20,35 +20,12 @@ retries are exhausted is an outcome with ``error`` set -- never a lost or a dupl
 """
 from __future__ import annotations
 
-import traceback
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .errors import InputError
+from .tasks import TaskOutcome, run_task, task_error
 
 EXECUTORS = ("inprocess", "process", "ray")
-
-
-@dataclass
-class TaskOutcome:
-    value: Any = None
-    error: str | None = None          # one line: "ExceptionType: message"
-    attempts: int = 1
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
-def _call(fn, item, shared):
-    try:
-        return TaskOutcome(fn(item) if shared is None else fn(item, shared))
-    except Exception as exc:  # a task's failure is its own row
-        return TaskOutcome(error=_one_line(exc) or traceback.format_exc(limit=1))
 
 
 class _Executor:
@@ -71,7 +48,7 @@ class InProcessExecutor(_Executor):
 
     def map(self, fn: Callable, items: Iterable, *, shared=None, resources=None) -> Iterator[tuple[int, TaskOutcome]]:
         for i, item in enumerate(items):
-            yield i, _call(fn, item, shared)
+            yield i, run_task(fn, item, shared)
 
 
 _WORKER_SHARED = None  # ``shared`` of the map a pool worker serves (set once by the initializer)
@@ -83,7 +60,7 @@ def _set_shared(shared) -> None:
 
 
 def _call_with_worker_shared(fn, item, has_shared: bool):
-    return _call(fn, item, _WORKER_SHARED if has_shared else None)
+    return run_task(fn, item, _WORKER_SHARED if has_shared else None)
 
 
 class ProcessPoolExecutor(_Executor):
@@ -123,9 +100,9 @@ class ProcessPoolExecutor(_Executor):
                         if attempts[i] <= self.max_retries:
                             broken.append(i)
                             continue
-                        out = TaskOutcome(error=f"worker lost {attempts[i]} times: {_one_line(exc)}")
+                        out = TaskOutcome(error=f"worker lost {attempts[i]} times: {task_error(exc)}")
                     except Exception as exc:  # e.g. an unpicklable result
-                        out = TaskOutcome(error=_one_line(exc))
+                        out = TaskOutcome(error=task_error(exc))
                     out.attempts = attempts[i]
                     yield i, out
             todo = sorted(broken)  # a fresh pool for the tasks the dead worker took down with it
@@ -141,6 +118,7 @@ def get_executor(name: str = "inprocess", *, workers: int | None = None, address
         return ProcessPoolExecutor(workers)
     if name == "ray":
         try:
+            # ray is optional and slow to import: only when asked for
             from .ray_executor import RayExecutor
         except ImportError as exc:
             raise InputError(f"the ray executor needs ray: pip install 'edgepass[ray]' ({exc})") from None

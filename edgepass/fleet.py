@@ -22,10 +22,18 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .compile import (CompileOptions, Report, allowed_precisions, check_data_arg, check_model_arg, compile_prepared,
-                      prepare, target, with_usable_cache, write_atomic)
-from .errors import EXIT_INFEASIBLE, EdgepassError, InputError
-from .fileio import check_files, check_input, is_device_file, is_regular_file, read_text
+from .compile_options import CompileOptions
+from .devices import get_device
+from .errors import EXIT_INFEASIBLE, EdgepassError, InputError, UnsupportedModelError
+from .executors import get_executor
+from .export import export_onnx
+from .fileio import check_files, check_input, is_device_file, is_regular_file, read_text, write_atomic
+from .frontends.onnx import load_model
+from .optimizers.api import model_optimizer
+from .report import Report
+from .stages import (allowed_precisions, check_data_arg, check_model_arg, compile_prepared, prepare, target,
+                     with_usable_cache)
+from .util import cache_dir as cache_root, example_inputs_for, is_torch_module
 
 EXIT_TASK_FAILED = 1   # a task crashed with something that is not an edgepass error (a bug, a dead worker)
 
@@ -57,7 +65,7 @@ def read_fleet_file(path) -> list[str]:
     return entries
 
 
-def _fleet_task(item, shared):
+def fleet_task(item, shared):
     """One device (module level, so that process pools and Ray can ship it)."""
     name, dev, precisions = item
     opts = shared["options"]
@@ -74,9 +82,8 @@ def _seed_cache(cache_dir, files: dict) -> None:
     on another Ray node it saves training them again)."""
     if not files:
         return
-    from .optimizers.api import cache_dir as resolve
 
-    base = resolve(cache_dir)
+    base = cache_root(cache_dir)
     for name, data in files.items():
         path = base / name
         if not path.exists():
@@ -117,21 +124,16 @@ def _row(entry, dev_id=None) -> dict:
 
 def _as_onnx(model, opts: CompileOptions):
     """Fleet outputs are ONNX: a PyTorch model is exported once (legacy exporter) before the analysis."""
-    from .api import example_inputs_for, is_torch_module
 
     if not is_torch_module(model):
         return model, []
     import tempfile
 
-    from .export import export_onnx
-    from .frontends.onnx import load_model
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = export_onnx(model.eval(), example_inputs_for(model, opts.example_inputs), Path(tmp) / "m.onnx")
         except Exception as exc:  # the exporter's many failure types
-            from .errors import UnsupportedModelError
-
             raise UnsupportedModelError(f"cannot export {type(model).__name__} to ONNX for a fleet compile "
                                         f"({type(exc).__name__}); export it yourself and pass the .onnx file") from None
         return load_model(path), ["the PyTorch model was exported to ONNX once (torch.onnx legacy exporter)"]
@@ -150,8 +152,6 @@ def compile_fleet(model, devices, outdir, options: CompileOptions | None = None,
     closest designs are written), or the code of the first failed device. ``protect``: more inputs
     (label -> path) no output may overwrite, e.g. the fleet file the devices came from.
     """
-    from .devices import get_device
-    from .executors import get_executor
 
     opts = CompileOptions.of(options, **kwargs)
     if opts.plot:
@@ -196,15 +196,12 @@ def compile_fleet(model, devices, outdir, options: CompileOptions | None = None,
             targets[precisions] = target(prepared, precisions, opts)
     if items and opts.method == "amortized" and (opts.latency_ms or opts.latency_fraction):
         # train (or load) each space's optimizer here, once, so that the tasks only load it from the cache
-        from .optimizers.api import cache_dir as resolve_cache
-        from .optimizers.api import model_optimizer
-
         t0 = time.perf_counter()
         for t in targets.values():
             model_optimizer(t.space, t.accuracy.predict_codes, cache=opts.cache_dir, seed=opts.seed,
                             options=opts.optimizer_options)
             optimizer_files.update({f.name: f.read_bytes() for f in
-                                    sorted(resolve_cache(opts.cache_dir).glob(f"amortized-{t.space.hash()}-*.npz"))})
+                                    sorted(cache_root(opts.cache_dir).glob(f"amortized-{t.space.hash()}-*.npz"))})
         seconds["optimizer"] = time.perf_counter() - t0
     if items:
         seconds["analyze"] = prepared.seconds["analyze"]
@@ -219,7 +216,7 @@ def compile_fleet(model, devices, outdir, options: CompileOptions | None = None,
     shared = {"prepared": prepared, "targets": targets, "options": opts, "optimizer_files": optimizer_files}
     done = 0
     try:
-        for k, outcome in ex.map(_fleet_task, [it for _, it in items], shared=shared):
+        for k, outcome in ex.map(fleet_task, [it for _, it in items], shared=shared):
             i = items[k][0]
             row = rows[i]
             value = outcome.value if outcome.ok else {"error": outcome.error, "exit_code": EXIT_TASK_FAILED}

@@ -12,6 +12,8 @@ import io
 import numpy as np
 
 from .errors import InputError
+from .fileio import write_atomic
+from .optimizers.api import model_problem
 
 N_RANDOM = 300
 
@@ -21,7 +23,6 @@ def candidates(space, device, accuracy_fn, result=None, *, seed: int = 0) -> np.
     front = getattr(result, "front", None)
     if front is not None and len(front):
         return np.asarray(front, dtype=np.float64)[:, :2]
-    from .optimizers.api import model_problem
 
     problem, _ = model_problem(space, device, accuracy_fn=accuracy_fn)
     rng = np.random.default_rng(seed)
@@ -54,8 +55,6 @@ def plot_front(path, space, device, accuracy_fn, result, report, *, metric: str 
         raise InputError("--plot needs matplotlib: pip install 'edgepass[plot]'") from None
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
-
-    from .compile import write_atomic
 
     pts = candidates(space, device, accuracy_fn, result, seed=seed)
     front = pareto(pts)

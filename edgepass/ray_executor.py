@@ -31,7 +31,7 @@ import ray
 import ray.exceptions as rex
 
 from .errors import InputError
-from .executors import TaskOutcome, _call, _one_line
+from .tasks import TaskOutcome, run_task, task_error
 
 #: Errors meaning the process or node running a task went away, not that the task failed.
 LOST_WORKER_ERRORS = (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError, rex.ObjectLostError,
@@ -42,7 +42,7 @@ MAX_IN_FLIGHT = 2000
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
-    text = _one_line(exc)
+    text = task_error(exc)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -84,8 +84,8 @@ class RayExecutor:
                 where = f"the Ray cluster at {address}" if address else "a local Ray"
                 raise InputError(f"cannot start or reach {where}: {_short(exc)}") from None
             self._owns_ray = True
-        # one remote wrapper around the same `_call` the local executors use; Ray's own retries off
-        self._remote = ray.remote(max_retries=0)(_call)
+        # one remote wrapper around the same `run_task` the local executors use; Ray's own retries off
+        self._remote = ray.remote(max_retries=0)(run_task)
 
     # ------------------------------------------------------------------ helpers
     def _options(self, need: dict | None):

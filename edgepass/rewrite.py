@@ -1,14 +1,31 @@
-"""``edgepass.apply`` (design -> rewritten model) and ``edgepass.verify`` (did it do exactly that?)."""
+"""``edgepass.apply`` (design -> rewritten model, through :func:`build_pipeline`) and ``edgepass.verify``
+(did it do exactly that?)."""
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .api import example_inputs_for, is_torch_module
+import onnx
+import onnx_ir as ir
+
+from .api import analyze
 from .errors import EdgepassError, InputError
+from .frontends.fx import analyze_fx, trace
+from .frontends.onnx import analyze_onnx, load_model
+from .frontends.run import inputs_for, run_model
+from .passes.base import Pipeline
+from .passes.finetune import FinetunePassFX
+from .passes.kernel import KernelPassFX, KernelPassONNX
+from .passes.precision_fx import PrecisionPassFX
+from .passes.precision_onnx import PrecisionPassONNX
+from .passes.recalibrate import RecalibratePassFX, RecalibratePassONNX
+from .passes.reconstruct import ReconstructPassFX, ReconstructPassONNX, enabled
+from .passes.width import WidthPassFX, WidthPassONNX
 from .space import Design, DesignSpace, build_space
+from .util import example_inputs_for, is_torch_module
 
 
 class VerificationError(EdgepassError):
@@ -22,63 +39,56 @@ def _needs_precision(space: DesignSpace, design: Design) -> bool:
                for layer in space.precisions)
 
 
-def _onnx_pipeline(space, design, *, calibration_data, importance, original=None, recalibrate=True,
+def _onnx_passes(space, design, *, calibration_data, importance, original=None, recalibrate=True,
                    reconstruct=None):
-    from .passes.base import Pipeline
-    from .passes.kernel import KernelPassONNX
-    from .passes.width import WidthPassONNX
-
     width, kernel = WidthPassONNX(space, design, importance=importance), KernelPassONNX(space, design)
     passes = [width, kernel]
     if recalibrate and calibration_data is not None and original is not None:
-        from .passes.reconstruct import ReconstructPassONNX, enabled
-        from .passes.recalibrate import RecalibratePassONNX
-
         refit = None
         if enabled(space, reconstruct):
             refit = ReconstructPassONNX(original, space, width, kernel, calibration_data)
             passes.append(refit)
         passes.append(RecalibratePassONNX(original, space, width, kernel, calibration_data, after=refit))
     if _needs_precision(space, design):
-        from .passes.precision_onnx import PrecisionPassONNX
-
         # the rewrite keeps every node and its name: the original's IR locates the int8 layers
         passes.append(PrecisionPassONNX(design.precisions, calibration_data, graph=space.graph))
     return Pipeline(*passes)
 
 
-def _fx_pipeline(space, design, *, calibration_data, importance, example_inputs=None, recalibrate=True,
+def _fx_passes(space, design, *, calibration_data, importance, example_inputs=None, recalibrate=True,
                  teacher=None, finetune=None, finetune_steps=200, seed=0, reconstruct=None,
                  precision_mode: str = "convert"):
     """The FX passes of ``design``; ``precision_mode="fake"`` simulates int8 without converting (what
     the accuracy predictor measures)."""
-    from .passes.base import Pipeline
-    from .passes.kernel import KernelPassFX
-    from .passes.width import WidthPassFX
-
     width, kernel = WidthPassFX(space, design, importance=importance), KernelPassFX(space, design)
     passes = [width, kernel]
     changes_shape = design.widths != space.identity().widths or design.kernels != space.identity().kernels
     if recalibrate and calibration_data is not None and changes_shape:
-        from .passes.reconstruct import ReconstructPassFX, enabled
-        from .passes.recalibrate import RecalibratePassFX
-
         traced = space.graph.graph.get("gm")    # the original, traced: same node names as the rewrite
         if traced is not None and enabled(space, reconstruct):
             passes.append(ReconstructPassFX(traced, space, width, kernel, calibration_data, example_inputs))
 
         passes.append(RecalibratePassFX(calibration_data, example_inputs))
     if finetune is not None and changes_shape:
-        from .passes.finetune import FinetunePassFX
-
         passes.append(FinetunePassFX(teacher, finetune, steps=finetune_steps, seed=seed,
                                      example_inputs=example_inputs))
     if _needs_precision(space, design):
-        from .passes.precision_fx import PrecisionPassFX
-
         passes.append(PrecisionPassFX(design.precisions, calibration_data, mode=precision_mode,
                                       example_inputs=example_inputs, graph=space.graph))
     return Pipeline(*passes)
+
+
+def build_pipeline(space, design, *, framework: str, calibration_data=None, importance: str = "l1", **options):
+    """The passes that rewrite a model of ``space`` to ``design``, in order, as one
+    :class:`~edgepass.passes.base.Pipeline`: width, kernel, (reconstruction, recalibration with
+    calibration data), (fine-tuning), precision. ``framework``: ``"onnx"`` (options: ``original``,
+    ``recalibrate``, ``reconstruct``) or ``"torch"`` (options: ``example_inputs``, ``recalibrate``,
+    ``teacher``, ``finetune``, ``finetune_steps``, ``seed``, ``reconstruct``, ``precision_mode``:
+    ``"fake"`` simulates int8 without converting, what the accuracy predictor measures)."""
+    builders = {"onnx": _onnx_passes, "torch": _fx_passes}
+    if framework not in builders:
+        raise InputError(f"framework must be one of {', '.join(builders)}, not {framework!r}")
+    return builders[framework](space, design, calibration_data=calibration_data, importance=importance, **options)
 
 
 @dataclass
@@ -102,24 +112,15 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
     if isinstance(design, dict):
         design = Design.from_dict(design)
     if is_torch_module(model):
-        from .frontends.fx import analyze_fx, trace
-
-        import copy
-
         gm = trace(model)
         space = build_space(analyze_fx(gm, example_inputs_for(model, example_inputs)))
         design = space.validate(design)
         gm = copy.deepcopy(gm)  # symbolic_trace shares submodules with the user's model
-        result = _fx_pipeline(space, design, calibration_data=calibration_data, importance=importance,
-                              example_inputs=example_inputs_for(model, example_inputs), recalibrate=recalibrate,
+        result = _fx_passes(space, design, calibration_data=calibration_data, importance=importance,
+                            example_inputs=example_inputs_for(model, example_inputs), recalibrate=recalibrate,
                               teacher=model, finetune=finetune, finetune_steps=finetune_steps, seed=seed,
                               reconstruct=reconstruct)(gm)
         return Applied(result.model, space, design, result.changes)
-    import onnx
-    import onnx_ir as ir
-
-    from .frontends.onnx import analyze_onnx, load_model
-
     if not isinstance(model, (str, os.PathLike, bytes, bytearray, onnx.ModelProto)):
         raise InputError(f"cannot rewrite a {type(model).__name__}: give an nn.Module, an onnx.ModelProto or a path")
     if finetune is not None:
@@ -131,7 +132,7 @@ def apply_design(model, design: Design, *, example_inputs=None, calibration_data
     if design == space.identity():
         return Applied(onnx.ModelProto.FromString(proto.SerializeToString()), space, design, [])
     irm = ir.from_proto(proto)
-    result = _onnx_pipeline(space, design, calibration_data=calibration_data, importance=importance,
+    result = _onnx_passes(space, design, calibration_data=calibration_data, importance=importance,
                             original=proto, recalibrate=recalibrate, reconstruct=reconstruct)(irm)
     return Applied(ir.to_proto(result.model), space, design, result.changes)
 
@@ -173,43 +174,7 @@ class Verification:
         return self
 
 
-def run_model(model, inputs: list[np.ndarray], *, threads: int = 1) -> list[np.ndarray]:
-    """Outputs of a torch module or an ONNX model on numpy inputs."""
-    if is_torch_module(model):
-        import torch
-
-        with torch.no_grad():
-            out = model(*[torch.from_numpy(x) for x in inputs])
-        out = out if isinstance(out, (tuple, list)) else (out,)
-        return [o.detach().float().numpy() for o in out]
-    import onnxruntime as ort
-
-    from .frontends.onnx import inference_session, load_model
-
-    proto = load_model(model, check=False)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    sess = inference_session(proto, so)
-    names = [i.name for i in sess.get_inputs()]
-    return [np.asarray(o, dtype=np.float32) for o in sess.run(None, dict(zip(names, inputs)))]
-
-
-def _inputs_for(model, example_inputs, seed=0) -> list[np.ndarray]:
-    if example_inputs is not None:
-        return [np.asarray(x.detach().numpy() if hasattr(x, "detach") else x, dtype=np.float32)
-                for x in (example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,))]
-    if is_torch_module(model):
-        return [x.numpy() for x in example_inputs_for(model, None)]
-    from .calibration import onnx_input_specs, random_feed
-    from .frontends.onnx import fix_input_shapes, load_model
-
-    return list(random_feed(onnx_input_specs(fix_input_shapes(load_model(model, check=False))), seed).values())
-
-
 def _strip_metadata(proto):
-    import onnx
-
     p = onnx.ModelProto.FromString(proto.SerializeToString())
     del p.metadata_props[:]
     p.doc_string = ""
@@ -227,10 +192,8 @@ def verify(original, rewritten, design: Design | None = None, *, example_inputs=
     With the identity design (or ``design=None``) the outputs must also match (max relative
     difference <= ``rtol``) and an ONNX model must be unchanged apart from metadata.
     """
-    from .api import analyze
-
     problems = []
-    inputs = _inputs_for(original, example_inputs)
+    inputs = inputs_for(original, example_inputs)
     try:
         ref = run_model(original, inputs)
         out = run_model(rewritten, inputs)
@@ -251,11 +214,7 @@ def verify(original, rewritten, design: Design | None = None, *, example_inputs=
         rel = max(float(np.max(np.abs(r - o)) / (np.max(np.abs(r)) + 1e-12)) for r, o in zip(ref, out))
         if rel > rtol:
             problems.append(f"identity design changed the outputs (max relative difference {rel:.2e})")
-        import onnx
-
         if isinstance(rewritten, onnx.ModelProto) and not is_torch_module(original):
-            from .frontends.onnx import load_model
-
             if _strip_metadata(load_model(original, check=False)) != _strip_metadata(rewritten):
                 problems.append("identity design changed the ONNX graph")
     problems += _check_design(space, design, rewritten, inputs)
@@ -264,8 +223,6 @@ def verify(original, rewritten, design: Design | None = None, *, example_inputs=
 
 def _check_design(space: DesignSpace, design: Design, rewritten, inputs) -> list:
     """The rewritten model's own IR must show the design's widths, kernels and precisions."""
-    from .api import analyze
-
     problems = []
     try:
         if is_torch_module(rewritten):
@@ -298,3 +255,7 @@ def _check_design(space: DesignSpace, design: Design, rewritten, inputs) -> list
         if op is not None and op.precision != p:
             problems.append(f"{name}: precision {op.precision}, design says {p}")
     return problems
+
+
+__all__ = ["apply", "apply_design", "Applied", "build_pipeline", "verify", "Verification", "VerificationError",
+           "run_model"]

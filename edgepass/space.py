@@ -1,22 +1,13 @@
-"""The design space read off an IR graph: channel groups, kernel choices, precision choices.
+"""The design space of an IR graph: channel groups, kernel choices, precision choices, and designs.
 
-Channel coupling is found by propagating a *channel layout* through the graph: for every tensor,
-which axis carries channels and, along it, a sequence of segments ``(atom, repeat)``. An atom is
-a run of channels created by one producer (a conv's or linear's output); ``repeat`` > 1 appears
-after a flatten (each channel becomes ``repeat`` consecutive features). Operators then constrain
-atoms: an elementwise ``add``/``mul`` of two tensors unifies their atoms (union-find), a
-depthwise conv or a norm passes them through, a ``concat`` along channels concatenates segment
-lists (so a consumer sees offset slices of several producers), a ``split`` cuts them at atom
-boundaries. A union-find class of atoms is a :class:`ChannelGroup`.
-
-Anything the analysis cannot follow *freezes* the atoms involved instead of guessing: channels
-that reach a model input or output, an unknown operator, a split inside one producer's channels,
-a reshape that splits the channel axis (channel shuffle), an activation-by-activation matmul
-(attention). Frozen groups are listed with their reason but never offered, so no design can
-produce an invalid model.
+Which channels are tied together (and which cannot shrink at all) is found by
+:mod:`edgepass.coupling`; each of its classes becomes a :class:`ChannelGroup`, offered with the
+widths of :func:`width_choices` unless it is frozen. Frozen groups are listed with their reason
+but never offered, so no design can produce an invalid model.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -25,73 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from .api import analyze
+from .coupling import CoupledChannels, Layout, couple_channels
 from .errors import InputError
-from .ir import Graph, Op
+from .ir import Graph, Op, compute_costs
+
+__all__ = ["WIDTH_RATIOS", "PRECISIONS", "MAX_DESIGN_INT", "DESIGN_KNOBS", "Layout", "ChannelGroup", "Design",
+           "DesignSpace", "width_choices", "kernel_choices", "channel_groups", "build_space", "design_space",
+           "space_summary"]
 
 WIDTH_RATIOS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 PRECISIONS = ("fp32", "fp16", "int8")
-_PASS_THROUGH = {"act", "identity", "cast", "quantize", "dequantize", "pad", "resize", "softmax", "pool"}
-_ELEMENTWISE = {"add", "sub", "mul", "div", "binary"}
-
-
-# --------------------------------------------------------------------------------------------
-# union-find over atoms
-# --------------------------------------------------------------------------------------------
-class _Atoms:
-    def __init__(self):
-        self.parent: list[int] = []
-        self.size: list[int] = []
-        self.frozen: list[str | None] = []
-        self.gran: list[int] = []
-        self.members: list[list[tuple[str, str]]] = []
-
-    def new(self, size: int, frozen: str | None = None) -> int:
-        self.parent.append(len(self.parent))
-        self.size.append(int(size))
-        self.frozen.append(frozen)
-        self.gran.append(1)
-        self.members.append([])
-        return len(self.parent) - 1
-
-    def find(self, a: int) -> int:
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
-
-    def freeze(self, a: int, reason: str) -> None:
-        r = self.find(a)
-        if self.frozen[r] is None:
-            self.frozen[r] = reason
-
-    def union(self, a: int, b: int, why: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return
-        if self.size[ra] != self.size[rb]:
-            self.freeze(ra, f"{why}: {self.size[ra]} vs {self.size[rb]} channels")
-            self.freeze(rb, f"{why}: {self.size[ra]} vs {self.size[rb]} channels")
-            return
-        if rb < ra:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.frozen[ra] = self.frozen[ra] or self.frozen[rb]
-        self.gran[ra] = math.lcm(self.gran[ra], self.gran[rb])
-        self.members[ra].extend(self.members[rb])
-
-    def add_member(self, a: int, op: str, role: str) -> None:
-        self.members[self.find(a)].append((op, role))
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Channel layout of a tensor: the channel axis and its segments ``(atom, repeat)``."""
-
-    axis: int
-    segs: tuple
-
-    def width(self, atoms: _Atoms) -> int:
-        return sum(atoms.size[a] * r for a, r in self.segs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,9 +252,6 @@ class DesignSpace:
     def design_op(self, op: Op, widths: dict, kernel: int | None = None, precision: str | None = None) -> Op:
         """``op`` as the model would have it with group ``widths`` (group id -> width; missing groups
         keep theirs), ``kernel`` and ``precision``: shapes, channel counts and costs recomputed."""
-        import copy
-
-        from .ir import compute_costs
 
         def new_shape(t):
             shape = self.graph.graph["tensors"].get(t)
@@ -356,8 +288,6 @@ class DesignSpace:
     def design_graph(self, design: Design) -> Graph:
         """The IR of the model the design would produce, computed without rewriting anything:
         tensor shapes, channel counts, kernels, precisions and costs (MACs, params, bytes)."""
-        from .ir import Graph
-
         d = self.validate(design)
         widths = {g.id: d.widths[g.id] for g in self.groups}
         ops = [self.design_op(op, widths, d.kernels.get(op.name), d.precisions.get(op.name))
@@ -411,9 +341,11 @@ class DesignSpace:
 
 
 # --------------------------------------------------------------------------------------------
-# the analysis
+# choices
 # --------------------------------------------------------------------------------------------
-def _width_choices(width: int, granularity: int, ratios=WIDTH_RATIOS, multiple: int = 8) -> list[int]:
+def width_choices(width: int, granularity: int, ratios=WIDTH_RATIOS, multiple: int = 8) -> list[int]:
+    """Widths offered for a group of ``width`` channels: ``ratios`` of it rounded to multiples of
+    ``multiple`` and ``granularity``, descending, ``width`` first."""
     m = math.lcm(multiple, granularity)
     out = {width}
     for r in ratios:
@@ -423,7 +355,9 @@ def _width_choices(width: int, granularity: int, ratios=WIDTH_RATIOS, multiple: 
     return sorted(out, reverse=True)
 
 
-def _kernel_choices(op: Op, min_kernel: int) -> list[int]:
+def kernel_choices(op: Op, min_kernel: int) -> list[int]:
+    """Odd square kernels from the conv's own down to ``min_kernel`` that its padding allows
+    without changing the output shape; [] when there is nothing to choose."""
     k = op.attrs["kernel"]
     if len(k) != 2 or k[0] != k[1] or k[0] % 2 == 0 or k[0] < 3:
         return []
@@ -439,369 +373,35 @@ def _kernel_choices(op: Op, min_kernel: int) -> list[int]:
     return out if len(out) > 1 else []
 
 
-class _Analysis:
-    def __init__(self, graph: Graph):
-        self.g = graph
-        self.atoms = _Atoms()
-        self.lay: dict[str, Layout | None] = {}
-        self.op_in: dict[str, list] = {}
-        self.op_out: dict[str, list] = {}
-
-    # helpers -------------------------------------------------------------------------------
-    def fresh(self, shape, reason: str, axis: int | None = None) -> Layout | None:
-        if not shape:
-            return None
-        axis = (1 if len(shape) == 4 else len(shape) - 1) if axis is None else axis
-        return Layout(axis, ((self.atoms.new(shape[axis], reason), 1),))
-
-    def freeze(self, layout: Layout | None, reason: str) -> None:
-        if layout is not None:
-            for a, _ in layout.segs:
-                self.atoms.freeze(a, reason)
-
-    def member(self, layout: Layout | None, op: Op, role: str) -> None:
-        if layout is not None:
-            for a, _ in layout.segs:
-                self.atoms.add_member(a, op.name, role)
-
-    def opaque(self, op: Op, reason: str) -> list:
-        """Freeze what flows in; what flows out is untracked (None): it is never shrunk, and
-        anything later tied to it elementwise is frozen (see :meth:`elementwise`)."""
-        for t in op.inputs:
-            self.freeze(self.lay.get(t), reason)
-        return [None] * len(op.outputs)
-
-    def unify(self, a: Layout, b: Layout, why: str) -> bool:
-        """Tie two layouts channel by channel; freeze both if their structure differs."""
-        if a.segs == b.segs:
-            return True
-        if [(self.atoms.size[x], r) for x, r in a.segs] == [(self.atoms.size[x], r) for x, r in b.segs]:
-            for (x, _), (y, _) in zip(a.segs, b.segs):
-                self.atoms.union(x, y, why)
-            return True
-        self.freeze(a, f"{why} of differently concatenated tensors")
-        self.freeze(b, f"{why} of differently concatenated tensors")
-        return False
-
-    def cut(self, layout: Layout, start: int, end: int) -> tuple | None:
-        """Segments covering channel range [start, end), or None if it cuts inside a segment."""
-        pos, out = 0, []
-        for a, r in layout.segs:
-            n = self.atoms.size[a] * r
-            if pos >= start and pos + n <= end:
-                out.append((a, r))
-            elif pos < end and pos + n > start:
-                return None
-            pos += n
-        return tuple(out)
-
-    # per op --------------------------------------------------------------------------------
-    def run(self) -> None:
-        g = self.g
-        for t in g.graph["inputs"]:
-            self.lay[t] = self.fresh(g.graph["tensors"].get(t, ()), "reaches the model input")
-        for op in g.ops():
-            ins = [self.lay.get(t) for t in op.inputs]
-            self.op_in[op.name] = ins
-            outs = self.visit(op, ins)
-            for t, lo in zip(op.outputs, outs):
-                self.lay[t] = lo
-            self.op_out[op.name] = list(outs)
-        for t in g.graph["outputs"]:
-            self.freeze(self.lay.get(t), "reaches the model output")
-
-    def visit(self, op: Op, ins: list) -> list:
-        k, a = op.kind, op.attrs
-        L = ins[0] if ins else None
-        out_shape = op.out_shapes[0] if op.out_shapes else ()
-        if k == "conv":
-            cin, cout, groups = a["in_channels"], a["out_channels"], a["groups"]
-            if L is None or L.axis != 1 or any(r != 1 for _, r in L.segs):
-                # the input channels stay as they are; a normal conv's own outputs can still shrink
-                self.freeze(L, "conv input without a channel layout")
-                if groups != 1:
-                    return [None]
-                out = Layout(1, ((self.atoms.new(cout), 1),))
-                self.member(out, op, "out")
-                return [out]
-            if groups == 1:
-                self.member(L, op, "in")
-                out = Layout(1, ((self.atoms.new(cout), 1),))
-                self.member(out, op, "out")
-                return [out]
-            if groups == cin == cout:
-                self.member(L, op, "dw")
-                return [L]
-            if cin == cout and len(L.segs) == 1:
-                root = self.atoms.find(L.segs[0][0])
-                self.atoms.gran[root] = math.lcm(self.atoms.gran[root], cin // groups)
-                self.member(L, op, "grouped")
-                return [L]
-            self.freeze(L, "grouped conv with different in/out widths")
-            return [None]
-        if k == "linear":
-            rank = len(op.in_shapes[0])
-            if L is None or L.axis != rank - 1:
-                self.freeze(L, "linear input whose channels are not on the last axis")
-            else:
-                self.member(L, op, "in")
-            out = Layout(len(out_shape) - 1, ((self.atoms.new(a["out_features"]), 1),))
-            self.member(out, op, "out")
-            return [out]
-        if k == "batchnorm":
-            if L is None or L.axis != 1:
-                self.freeze(L, "batchnorm over a non-channel axis")
-            else:
-                self.member(L, op, "norm")
-            return [L]
-        if k == "layernorm":
-            rank = len(op.in_shapes[0])
-            if L is not None and a.get("axes") == 1 and L.axis == rank - 1:
-                self.member(L, op, "norm")
-            elif L is not None and L.axis >= rank - a.get("axes", 1):
-                self.freeze(L, "layernorm over several axes including channels")
-            return [L]
-        if k == "groupnorm":
-            self.freeze(L, "group/instance norm")
-            return [L]
-        if k in _PASS_THROUGH:
-            if L is not None and k == "pool" and len(out_shape) != len(op.in_shapes[0]):
-                return self.opaque(op, "pool that changes rank")
-            return [L] * len(op.outputs)
-        if k in _ELEMENTWISE:
-            return [self.elementwise(op, ins)]
-        if k == "concat":
-            out = self.concat(op, ins)
-            return out if isinstance(out, list) else [out]
-        if k == "split":
-            return self.split(op, L)
-        if k == "slice":
-            if L is None:
-                return [None]
-            if a.get("axis") is None:
-                return self.opaque(op, "slice with dynamic bounds")
-            if a["axis"] != L.axis:
-                return [L]
-            size = L.width(self.atoms)
-            start, end, step = a["start"], a["end"], a.get("step", 1)
-            start = start + size if start < 0 else start
-            end = size if end is None or end > size else (end + size if end < 0 else end)
-            segs = self.cut(L, start, end) if step == 1 else None
-            if not segs:
-                return self.opaque(op, "slice inside one producer's channels")
-            self.member(L, op, "slice")
-            return [Layout(L.axis, segs)]
-        if k == "gather":
-            if L is None:
-                return [None]
-            if a.get("axis") == L.axis or a.get("index") is None:
-                return self.opaque(op, "gather along channels")
-            return [Layout(L.axis - (1 if a["axis"] < L.axis else 0), L.segs)]
-        if k == "reduce":
-            if L is None:
-                return [None]
-            axes = a.get("axes", [])
-            if L.axis in axes:
-                return self.opaque(op, "reduction over channels")
-            if a.get("keepdims", True):
-                return [L]
-            return [Layout(L.axis - sum(1 for x in axes if x < L.axis), L.segs)]
-        if k == "transpose":
-            if L is None:
-                return [None]
-            return [Layout(list(a["perm"]).index(L.axis), L.segs)]
-        if k == "expand":
-            if L is None:
-                return [None]
-            axis = L.axis + len(out_shape) - len(op.in_shapes[0])
-            if out_shape[axis] != L.width(self.atoms):
-                return self.opaque(op, "expand along channels")
-            return [Layout(axis, L.segs)]
-        if k == "reshape":
-            out = self.reshape(op, L)
-            return out if isinstance(out, list) else [out]
-        if k == "matmul":
-            return self.opaque(op, "matmul of two activations (attention)")
-        return self.opaque(op, f"unknown operator {op.backend_op}")
-
-    def elementwise(self, op: Op, ins: list) -> Layout | None:
-        out_shape = op.out_shapes[0]
-        R = len(out_shape)
-        cands = []
-        for lo, shape in zip(ins, op.in_shapes):
-            if lo is not None:
-                cands.append((lo, lo.axis + R - len(shape), shape[lo.axis]))
-        full = [(lo, ax) for lo, ax, n in cands if n == out_shape[ax] and n > 1]
-        if not full:
-            full = [(lo, ax) for lo, ax, n in cands]
-        if not full:
-            return None
-        base, ax = full[0]
-        C = out_shape[ax]
-        for lo, shape in zip(ins, op.in_shapes):
-            idx = ax - (R - len(shape))
-            if lo is None and idx >= 0 and shape[idx] == C and C > 1:
-                self.freeze(base, f"{op.kind} with an untracked tensor")
-        for lo, ax2, n in cands:
-            if lo is base:
-                continue
-            if ax2 == ax and n == C:
-                self.unify(base, lo, f"{op.kind} {op.name}")
-            elif n == 1 and ax2 == ax:
-                continue
-            else:
-                self.freeze(base, f"{op.kind} mixing channel axes")
-                self.freeze(lo, f"{op.kind} mixing channel axes")
-        for c in op.consts:
-            idx = ax - (R - len(c.shape))
-            if idx < 0 or c.shape[idx] == 1 or C == 1:
-                continue
-            if c.shape[idx] == C:
-                self.member(base, op, "const")
-            else:
-                self.freeze(base, f"{op.kind} with a constant of another width")
-        return Layout(ax, base.segs)
-
-    def concat(self, op: Op, ins: list) -> Layout | None:
-        axis = op.attrs["axis"]
-        operands = sorted([(p, "act", i) for i, p in enumerate(op.input_positions)] +
-                          [(c.position, "const", c) for c in op.consts], key=lambda x: x[0])
-        lays = [lo for lo in ins if lo is not None]
-        if not lays:
-            return None
-        if all(lo.axis == axis for lo in lays):
-            segs: list = []
-            for _, kind, item in operands:
-                if kind == "act" and ins[item] is not None:
-                    segs.extend(ins[item].segs)
-                else:
-                    shape = op.in_shapes[item] if kind == "act" else item.shape
-                    segs.append((self.atoms.new(shape[axis], "untracked or constant tensor concatenated along channels"), 1))
-            out = Layout(axis, tuple(segs))
-            self.member(out, op, "concat")
-            return out
-        base = lays[0]
-        if base.axis == axis or len(lays) < len(ins):
-            return self.opaque(op, "concat mixing channel and other axes")
-        for lo in lays[1:]:
-            if lo.axis != base.axis:
-                self.freeze(lo, "concat mixing channel axes")
-                self.freeze(base, "concat mixing channel axes")
-            else:
-                self.unify(base, lo, f"concat {op.name}")
-        if op.consts:
-            self.freeze(base, "constant concatenated along tokens")
-        return base
-
-    def split(self, op: Op, L: Layout | None) -> list:
-        if L is None:
-            return [None] * len(op.outputs)
-        axis = op.attrs.get("axis")
-        if axis != L.axis:
-            return [L] * len(op.outputs)
-        outs, pos = [], 0
-        for shape in op.out_shapes:
-            n = shape[axis]
-            segs = self.cut(L, pos, pos + n)
-            if not segs:
-                return self.opaque(op, "split inside one producer's channels")
-            outs.append(Layout(axis, segs))
-            pos += n
-        self.member(L, op, "split")
-        return outs
-
-    def reshape(self, op: Op, L: Layout | None) -> Layout | None:
-        if L is None:
-            return None
-        src, dst = op.in_shapes[0], op.out_shapes[0]
-        C = src[L.axis]
-        prefix = math.prod(src[:L.axis])
-        j, acc = 0, 1
-        while j < len(dst) and acc < prefix:
-            acc *= dst[j]
-            j += 1
-        # skip leading unit dims so [N, C] -> [N, 1, C] style reshapes still find the channel axis
-        while j < len(dst) and acc == prefix and dst[j] == 1 and C != 1:
-            j += 1
-        if acc != prefix or j >= len(dst):
-            return self.opaque(op, "reshape moving channels across other axes")
-        if dst[j] == C:
-            self.member(L, op, "reshape")
-            return Layout(j, L.segs)
-        inner = 1
-        for d in src[L.axis + 1:]:
-            inner *= d
-            if dst[j] == C * inner:
-                self.member(L, op, "reshape")
-                return Layout(j, tuple((x, r * inner) for x, r in L.segs))
-        return self.opaque(op, "reshape splitting the channel axis (channel shuffle)")
-
-    # result --------------------------------------------------------------------------------
-    def groups(self) -> tuple[list[ChannelGroup], list[ChannelGroup], dict]:
-        at = self.atoms
-        order = {op.name: i for i, op in enumerate(self.g.ops())}
-        roots = sorted({at.find(i) for i in range(len(at.parent))})
-        named: dict[int, str] = {}
-        used: set[str] = set()
-        offered, frozen = [], []
-        infos = []
-        for r in roots:
-            members = sorted(set(at.members[r]), key=lambda m: (order.get(m[0], 1 << 30), m[0], m[1]))
-            if members:
-                producers = [m[0] for m in members if m[1] == "out"]
-                infos.append((r, members, producers))
-        # a group is named after its first producer; groups without one after their first member
-        infos.sort(key=lambda x: (not x[2], x[0]))
-        for r, members, producers in infos:
-            gid = producers[0] if producers else f"{members[0][0]}:{members[0][1]}"
-            base, k = gid, 1
-            while gid in used:
-                k += 1
-                gid = f"{base}#{k}"
-            used.add(gid)
-            named[r] = gid
-            reason = at.frozen[r]
-            if reason is None and not producers:
-                reason = "no producer to shrink"
-            choices = _width_choices(at.size[r], at.gran[r]) if reason is None else [at.size[r]]
-            if reason is None and len(choices) < 2:
-                reason = f"too narrow to shrink ({at.size[r]} channels)"
-            grp = ChannelGroup(gid, at.size[r], members, choices, at.gran[r], reason)
-            (frozen if reason else offered).append(grp)
-        key = {op.name: i for i, op in enumerate(self.g.ops())}
-        offered.sort(key=lambda g: key.get(g.members[0][0], 0))
-        frozen.sort(key=lambda g: key.get(g.members[0][0], 0))
-        return offered, frozen, named
-
-
-def _resolve(lo: Layout | None, atoms: _Atoms, named: dict) -> tuple | None:
-    if lo is None:
-        return None
-    return (lo.axis, [(named.get(atoms.find(a), None), atoms.size[a], r) for a, r in lo.segs])
+def channel_groups(classes: list[CoupledChannels]) -> tuple[list[ChannelGroup], list[ChannelGroup]]:
+    """The offered and the frozen channel groups of the coupling classes (kept in their order)."""
+    offered, frozen = [], []
+    for c in classes:
+        reason = c.frozen
+        choices = width_choices(c.width, c.granularity) if reason is None else [c.width]
+        if reason is None and len(choices) < 2:
+            reason = f"too narrow to shrink ({c.width} channels)"
+        grp = ChannelGroup(c.id, c.width, c.members, choices, c.granularity, reason)
+        (frozen if reason else offered).append(grp)
+    return offered, frozen
 
 
 def build_space(graph: Graph, *, min_kernel: int = 3, precisions=PRECISIONS) -> DesignSpace:
     """The design space of an analysed graph."""
-    an = _Analysis(graph)
-    an.run()
-    offered, frozen, named = an.groups()
+    coupling = couple_channels(graph)
+    offered, frozen = channel_groups(coupling.classes)
     kernels = {}
     for op in graph.layers():
         if op.kind == "conv":
-            ks = _kernel_choices(op, min_kernel)
+            ks = kernel_choices(op, min_kernel)
             if ks:
                 kernels[op.name] = ks
     precs = {op.name: list(precisions) for op in graph.layers()}
-    layouts = {t: _resolve(lo, an.atoms, named) for t, lo in an.lay.items()}
-    op_layouts = {n: {"in": [_resolve(lo, an.atoms, named) for lo in an.op_in[n]],
-                      "out": [_resolve(lo, an.atoms, named) for lo in an.op_out[n]]} for n in an.op_in}
-    return DesignSpace(graph, offered, frozen, kernels, precs, layouts, op_layouts)
+    return DesignSpace(graph, offered, frozen, kernels, precs, coupling.layouts, coupling.op_layouts)
 
 
 def design_space(model, example_inputs=None, *, input_shapes: dict | None = None, min_kernel: int = 3) -> DesignSpace:
     """Analyse ``model`` (nn.Module, ONNX model or path, or an already built Graph) and return its knobs."""
-    from .api import analyze
-
     graph = model if isinstance(model, Graph) else analyze(model, example_inputs, input_shapes=input_shapes)
     return build_space(graph, min_kernel=min_kernel)
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.fx
 
+from edgepass.errors import UnsupportedModelError
+
 
 def _owner(gm: torch.nn.Module, path: str):
     parent, _, leaf = path.rpartition(".")
@@ -30,7 +32,7 @@ def _set_tensor(gm: torch.nn.Module, path: str, value: torch.Tensor) -> None:
         setattr(mod, leaf, value)
 
 
-def _get_tensor(gm: torch.nn.Module, path: str) -> torch.Tensor:
+def get_tensor(gm: torch.nn.Module, path: str) -> torch.Tensor:
     mod, leaf = _owner(gm, path)
     return getattr(mod, leaf)
 
@@ -71,8 +73,6 @@ def _update_functional_conv(gm: torch.fx.GraphModule, node: torch.fx.Node, edit)
     """Padding and groups of ``F.convNd(x, w, b, stride, padding, dilation, groups)``: tracing through
     a conv module that calls it (timm's ``StdConv2d``, any nn.Conv2d subclass) bakes the module's
     attributes into the call, so they are rewritten there, and on the module when there is one."""
-    from edgepass.errors import UnsupportedModelError
-
     if node.op != "call_function" or node.target not in _CONV_FUNCTIONS:
         raise UnsupportedModelError(f"{edit.op}: kernel or group change of a {node.target} call is not supported")
     if edit.attrs.get("groups") is not None:
@@ -94,7 +94,7 @@ def layer_weight(gm: torch.fx.GraphModule, node: torch.fx.Node) -> torch.Tensor:
     if node.op == "call_module":
         return gm.get_submodule(node.target).weight
     weight = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
-    return _get_tensor(gm, weight.target)
+    return get_tensor(gm, weight.target)
 
 
 def _rewrite_int(args, axis_pos: int, old: int, new: int):
@@ -119,7 +119,7 @@ def apply_edits(gm: torch.fx.GraphModule, edits: list) -> list[str]:
         for s in e.slices:
             t = work.get(s.const)
             if t is None:
-                t = _get_tensor(gm, s.const).detach()
+                t = get_tensor(gm, s.const).detach()
             work[s.const] = torch.index_select(t, s.axis, torch.as_tensor(np.asarray(s.indices), dtype=torch.long))
         for path, t in work.items():
             _set_tensor(gm, path, t.contiguous().clone())

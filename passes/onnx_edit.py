@@ -48,7 +48,10 @@ def const_array(value: ir.Value) -> np.ndarray | None:
     return None
 
 
-class _Writer:
+class InitializerWriter:
+    """Writes new or replaced initializers into an onnx_ir model under unique names (shared by the
+    width, recalibration and reconstruction passes)."""
+
     def __init__(self, model: ir.Model):
         self.model = model
         taken = {v.name for v in model.graph.initializers.values()}
@@ -74,7 +77,7 @@ class _Writer:
 def apply_edits(model: ir.Model, edits: list, *, orders: dict | None = None) -> list[str]:
     """Apply ``edits`` in place; returns one change line per edited node."""
     nodes = node_index(model)
-    w = _Writer(model)
+    w = InitializerWriter(model)
     changes = []
     for e in edits:
         node = find_node(model, nodes, e.ref, (orders or {}).get(e.op))

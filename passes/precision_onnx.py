@@ -49,6 +49,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from edgepass.api import analyze
 from edgepass.calibration import calibration_feeds
 from edgepass.errors import InputError
 
@@ -335,8 +336,6 @@ class PrecisionPassONNX(RewritePass):
             raise PreconditionError(f"PrecisionPassONNX takes an onnx_ir.Model, not {type(model).__name__}")
 
     def call(self, model: ir.Model):
-        from edgepass import analyze
-
         proto = ir.to_proto(model)              # quantize_static works on protos and files: a copy
         name_nodes(proto)
         names = {n.name: n.op_type for n in proto.graph.node}

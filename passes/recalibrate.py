@@ -187,7 +187,7 @@ class RecalibratePassONNX(RewritePass):
             stats, how = _normalized_stats(ir.to_proto(model), {t: (m, s, r) for _, t, m, s, r in todo.values()}, feeds), "one pass"
         except Exception:  # noqa: BLE001 -- a graph the stats rewrite cannot take: the exact slow path
             stats, how = None, "layer by layer"
-        writer = onnx_edit._Writer(model)
+        writer = onnx_edit.InitializerWriter(model)
         corrected = set()
         # in graph order, each layer's statistics as they are once every layer before it is corrected
         # (one pass with in-graph normalisation, else one onnxruntime pass over the data per layer)

@@ -28,11 +28,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from edgepass.calibration import calibration_feeds
-
+from edgepass.calibration import calibration_feeds, calibration_tensors
 from . import onnx_edit
 from .base import RewritePass
 from .recalibrate import MAX_SAMPLES, affected_layers, output_session
+
 
 #: rows (sampled output positions x samples) per layer fit
 MAX_ROWS = 6144
@@ -46,7 +46,7 @@ MAX_WORK = 1.0e9
 CHUNK = 16
 
 
-class _Layer:
+class RefitLayer:
     """One conv/linear to refit: its weights, geometry and the output positions it is fitted on.
     ``trans_b``: a linear's weight is (out, in) (Gemm transB=1, torch ``Linear``); else (in, out)."""
 
@@ -68,7 +68,7 @@ class _Layer:
         self.node = self.module = self.in_tensor = None
 
     @classmethod
-    def from_node(cls, node: ir.Node, out_tensor: str, kept) -> "_Layer":
+    def from_node(cls, node: ir.Node, out_tensor: str, kept) -> "RefitLayer":
         a = node.attributes
 
         def attr(k):
@@ -84,7 +84,7 @@ class _Layer:
         return lay
 
     @classmethod
-    def from_module(cls, module, kept) -> "_Layer":
+    def from_module(cls, module, kept) -> "RefitLayer":
         """A torch ``Conv2d`` (zero padding, numeric) or ``Linear``."""
         import torch
 
@@ -188,8 +188,8 @@ class _Layer:
         return w_new, b_new.reshape(-1)
 
 
-def refit(lay: _Layer, x: np.ndarray, y: np.ndarray):
-    """:meth:`_Layer.solve`, or None when the least-squares system cannot give usable weights (inputs
+def refit(lay: RefitLayer, x: np.ndarray, y: np.ndarray):
+    """:meth:`RefitLayer.solve`, or None when the least-squares system cannot give usable weights (inputs
     or targets not finite, e.g. activations overflowing on extreme calibration values; a singular
     system; a non-finite solution): the layer then keeps its weights."""
     if x.shape[0] != y.shape[0] or x.shape[0] == 0 or not (np.isfinite(x).all() and np.isfinite(y).all()):
@@ -241,8 +241,8 @@ class ReconstructPassONNX(RewritePass):
         layers = {}
         for name, (tensor, kept) in targets.items():
             node = nodes.get(self.space.graph.op(name).ref)
-            if node is not None and _Layer.fittable(node):
-                layers[name] = _Layer.from_node(node, tensor, kept)
+            if node is not None and RefitLayer.fittable(node):
+                layers[name] = RefitLayer.from_node(node, tensor, kept)
         if not layers:
             return self.result(model, [])
         feeds = calibration_feeds(self.calibration, self.original, max_samples=self.max_samples,
@@ -263,7 +263,7 @@ class ReconstructPassONNX(RewritePass):
                 ys[n].append(lay.targets(o, start))
             start += len(next(iter(f.values())))
         del sess
-        writer = onnx_edit._Writer(model)
+        writer = onnx_edit.InitializerWriter(model)
         failed: list = []
         for n, lay in layers.items():
             y = np.concatenate(ys.pop(n))
@@ -325,13 +325,11 @@ class ReconstructPassFX(RewritePass):
             conv_ok = isinstance(mod, torch.nn.Conv2d) and mod.padding_mode == "zeros" and \
                 not isinstance(mod.padding, str)
             if conv_ok or isinstance(mod, torch.nn.Linear):
-                layers[name] = (_Layer.from_module(mod, kept), self.teacher.get_submodule(tnode.target))
+                layers[name] = (RefitLayer.from_module(mod, kept), self.teacher.get_submodule(tnode.target))
         return layers
 
     def call(self, gm):
         import torch
-
-        from edgepass.calibration import calibration_tensors
 
         self.done = set()
         if self.calibration is None:
@@ -394,7 +392,7 @@ class ReconstructPassFX(RewritePass):
         return self.result(gm, refit_notes(self.done, failed, total))
 
     @staticmethod
-    def _inputs(gm, lay: _Layer, batches):
+    def _inputs(gm, lay: RefitLayer, batches):
         """The layer's input rows in the current ``gm``, batch by batch (each forward stops there)."""
         import torch
 

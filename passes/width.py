@@ -61,7 +61,7 @@ class WidthPassFX(RewritePass):
         _check_layers(self.space, {n.name for n in gm.graph.nodes}, "FX")
 
     def call(self, gm):
-        scores = channel_importance(self.space, lambda name: fx_edit._get_tensor(gm, name).detach().numpy(),
+        scores = channel_importance(self.space, lambda name: fx_edit.get_tensor(gm, name).detach().numpy(),
                                     importance=self.importance)
         self.edits = width_plan(self.space, self.design, scores)
         return self.result(gm, fx_edit.apply_edits(gm, self.edits))

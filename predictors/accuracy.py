@@ -59,8 +59,15 @@ import warnings
 import numpy as np
 
 from edgepass.calibration import check_outputs_finite
+from edgepass.frontends.run import run_model
+from edgepass.passes.recalibrate import MAX_SAMPLES
+from edgepass.passes.reconstruct import enabled
+from edgepass.rewrite import apply, build_pipeline
+from edgepass.space import design_space
+from edgepass.util import example_inputs_for, is_torch_module
 
 from .stats import spearman
+
 
 KNOB_TYPES = ("widths", "kernels", "precisions")
 #: corrections tried, in order of preference on equal leave-one-out error
@@ -97,8 +104,6 @@ class AccuracyPredictor:
                  recalibrate: bool = True, max_levels: int = 8, max_knobs: int = 64, n_fit: int = 12,
                  seed: int = 0, synthetic_samples: int = 256, batch_size: int = 512,
                  reconstruct: bool | None = None):
-        from edgepass.api import is_torch_module
-
         self.model = model
         self.torch = is_torch_module(model)
         # recovery the compile will run: recalibration needs calibration data, so data-free
@@ -146,29 +151,21 @@ class AccuracyPredictor:
 
     def _reconstructs(self) -> bool:
         """Whether the recovery measured here includes least-squares reconstruction."""
-        from edgepass.passes.reconstruct import enabled
-
         return bool(self.recalibrate and enabled(self.space, self.reconstruct))
 
     # -- plumbing ----------------------------------------------------------------------------
     def _space(self):
-        from edgepass.space import design_space
-
         return design_space(self.model, self.example_inputs)
 
     def _input_shape(self):
         if self.torch:
             if self.example_inputs is None:
-                from edgepass.api import example_inputs_for
-
                 self.example_inputs = example_inputs_for(self.model, None)
             return tuple(self.example_inputs[0].shape)
         g = self.space.graph
         return tuple(g.graph["tensors"][g.graph["inputs"][0]])
 
     def _logits(self, model) -> np.ndarray:
-        from edgepass.rewrite import run_model
-
         b, outs = self.batch_size, []
         for i in range(0, len(self.x), b):
             chunk = self.x[i:i + b]
@@ -182,19 +179,16 @@ class AccuracyPredictor:
         """The model of ``design`` as this predictor measures it (fake-quant int8 for PyTorch)."""
         design = self.space.validate(design)
         if not self.torch:
-            from edgepass.rewrite import apply
-
             return apply(self.model, design, calibration_data=self.x, recalibrate=self.recalibrate,
                          reconstruct=self.reconstruct)
-        from edgepass.rewrite import _fx_pipeline
 
         gm = copy.deepcopy(self.space.graph.graph["gm"])
         if design == self.space.identity():
             return gm
         # compile's own FX passes and recovery, with int8 simulated (fake-quant) rather than converted
-        pipeline = _fx_pipeline(self.space, design, calibration_data=self.x, importance="l1",
-                                example_inputs=self.example_inputs, recalibrate=self.recalibrate,
-                                reconstruct=self.reconstruct, precision_mode="fake")
+        pipeline = build_pipeline(self.space, design, framework="torch", calibration_data=self.x, importance="l1",
+                                  example_inputs=self.example_inputs, recalibrate=self.recalibrate,
+                                  reconstruct=self.reconstruct, precision_mode="fake")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pipeline(gm).model
@@ -215,8 +209,6 @@ class AccuracyPredictor:
     def _held_out(self) -> int:
         """Leading samples the metric skips: the ones reconstruction fits the layers on, when enough
         others remain (scored on its own fitting samples, a narrow design looks better than it is)."""
-        from edgepass.passes.recalibrate import MAX_SAMPLES
-
         return MAX_SAMPLES if self._reconstructs() and len(self.reference_logits) >= 2 * MAX_SAMPLES else 0
 
     # -- sweep -------------------------------------------------------------------------------

@@ -39,6 +39,15 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepass.api import analyze
+from edgepass.devices import get_device, list_devices
+from edgepass.errors import InputError
+from edgepass.ir import DTYPE_BYTES
+from edgepass.knob_tables import designed_ops, op_combos, summed_tables, table_sums
+
+from .base import Estimate, LayerEstimate
+from .latency_predict import predict_latency
+
 CALIBRATION = ("data", "predictors", "energy_calibration.json")
 MLPERF_CSV = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mlperf_tiny" / "mlperf_tiny_results.csv"
 
@@ -87,12 +96,6 @@ def calibration() -> dict:
     return _CAL
 
 
-def _device(device):
-    from edgepass.devices import get_device
-
-    return get_device(device)
-
-
 def _freq(dev) -> float | None:
     f = dev.datasheet.get("freq_ghz")
     return float(f) if f else None
@@ -116,8 +119,6 @@ def op_dynamic_energy(op, kind: str, *, precision: str | None = None, onchip_mb:
             if op.kind not in ("reshape", "identity", "transpose", "cast") else 0
     nbytes = op.bytes_read + op.bytes_written
     if precision is not None and precision != op.precision:  # re-price bytes at the asked precision
-        from edgepass.ir import DTYPE_BYTES
-
         nbytes = nbytes * DTYPE_BYTES.get(precision, 4) / DTYPE_BYTES.get(op.precision, 4)
     e_byte = E_SRAM_PJ_PER_BYTE if (nbytes <= onchip or e_dram == 0) else e_dram
     return (ops * e_mac * OVERHEAD.get(kind, 5.0) + nbytes * e_byte) * 1e-9      # pJ -> mJ
@@ -131,8 +132,6 @@ class EnergyTable:
     graph at that latency."""
 
     def __init__(self, latency_table):
-        from .latency import op_combos, summed_tables
-
         dev = latency_table.device
         cal = calibration().get("classes", {}).get(dev.kind)
         self.latency_table = latency_table
@@ -141,14 +140,12 @@ class EnergyTable:
         self.calibrated = bool(cal)
         combos = op_combos(latency_table.space)
         onchip = dev.datasheet.get("onchip_mb")
-        ops = [o for _, _, group in combos for o in group]
+        ops = designed_ops(combos)
         dyn = np.array([op_dynamic_energy(o, dev.kind, onchip_mb=onchip) for o in ops])
         check_energies(dyn, [o.name for o in ops], dev)
         self.constant, self.tables = summed_tables(combos, dyn)
 
     def predict(self, codes: np.ndarray) -> np.ndarray:
-        from .latency import table_sums
-
         lat = self.latency_table.predict(codes)
         static = np.where(np.isfinite(lat) & (lat > 0) & (lat < 1e7), lat, 0.0)   # as predict_energy
         return self.k_dyn * table_sums(codes, self.constant, self.tables) + self.static_w * static
@@ -156,8 +153,6 @@ class EnergyTable:
 
 def check_energies(per_op_mj, names, dev) -> None:
     """Refuse a non-finite or negative op energy, naming the op (the sums would hide which)."""
-    from edgepass.errors import InputError
-
     values = np.asarray(per_op_mj, dtype=np.float64)
     bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0)))
     if bad.size:
@@ -183,9 +178,7 @@ def predict_energy(graph, device, *, latency_ms: float | None = None, precision:
     only when the device's class was fitted on measured energy (MLPerf Tiny). ``precision``
     re-prices every op at one precision (default: each op's own).
     """
-    from edgepass.errors import InputError
-
-    dev = _device(device)
+    dev = get_device(device)
     if latency_ms is not None and not (isinstance(latency_ms, (int, float, np.number)) and not isinstance(
             latency_ms, bool) and np.isfinite(latency_ms) and latency_ms >= 0):
         raise InputError(f"latency_ms must be a finite number >= 0, got {latency_ms!r}")
@@ -196,8 +189,6 @@ def predict_energy(graph, device, *, latency_ms: float | None = None, precision:
     notes = []
     if latency_ms is None:
         try:
-            from .latency import predict_latency
-
             latency_ms = float(predict_latency(graph, dev))
             if not (np.isfinite(latency_ms) and 0 < latency_ms < 1e7):
                 notes.append(f"static energy omitted: the latency predictor returned {latency_ms:.3g} ms for "
@@ -226,12 +217,10 @@ def predict_energy(graph, device, *, latency_ms: float | None = None, precision:
 
 def estimate(graph, device, *, latency_ms: float | None = None):
     """The same as an :class:`~edgepass.predictors.base.Estimate` (energy fields and per-op rows)."""
-    from .base import Estimate, LayerEstimate
-
     total, per_op, calibrated, note = predict_energy(graph, device, latency_ms=latency_ms)
     layers = [LayerEstimate(name=op.name, kind=op.kind, latency_ms=0.0, energy_mj=per_op.get(op.name, 0.0),
                             macs=int(op.macs), precision=op.precision) for op in graph.ops()]
-    return Estimate(device=_device(device).id, latency_ms=float(latency_ms or 0.0), energy_mj=total,
+    return Estimate(device=get_device(device).id, latency_ms=float(latency_ms or 0.0), energy_mj=total,
                     energy_calibrated=calibrated, layers=layers, notes=[note])
 
 
@@ -295,8 +284,6 @@ _GRAPHS: dict = {}
 def mlperf_tiny_graph(task: str):
     """IR graph of an MLPerf Tiny reference network (cached)."""
     if task not in _GRAPHS:
-        from edgepass.api import analyze
-
         net, x = mlperf_tiny_module(task)
         _GRAPHS[task] = analyze(net, x)
     return _GRAPHS[task]
@@ -305,8 +292,6 @@ def mlperf_tiny_graph(task: str):
 # ---------------------------------------------------------------------- calibration on MLPerf Tiny
 def mlperf_energy_rows(csv_path: str | Path | None = None) -> list[dict]:
     """Per-inference energy rows of MLPerf Tiny (sww excluded) joined to device ids of the database."""
-    from edgepass.devices import list_devices
-
     path = Path(csv_path) if csv_path is not None else MLPERF_CSV
     col2dev = {}
     for d in list_devices():

@@ -26,6 +26,8 @@ OP_FEATURES = tuple(f"kind_{k}" for k in KIND_GROUPS) + (
     "log_macs", "log_bytes_read", "log_bytes_written", "log_params", "kernel", "stride", "grouped", "depthwise",
     "log_cin", "log_cout", "log_hw_out", "log_hw_in", "log_macs_per_byte") + tuple(f"prec_{p}" for p in PRECISIONS)
 N_OP = len(OP_FEATURES)
+#: feature name -> its column in an op feature vector
+OP_FEATURE_INDEX = {n: i for i, n in enumerate(OP_FEATURES)}
 _KIND_INDEX = {k: i for i, k in enumerate(KIND_GROUPS)}
 
 

@@ -10,8 +10,8 @@
 Proxy latencies
     For a zoo spec (``nb201:...``, ``fbnet:...``) the proxy's *measured* latency from the training
     set (:func:`edgepass.dataset.load`) is used when it exists; otherwise, and for IR graphs, the
-    device-conditioned latency predictor's prediction for the proxy (``edgepass.predictors.latency``;
-    guarded import). :attr:`ProxyPredictor.last_sources` counts which was used.
+    device-conditioned latency predictor's prediction for the proxy (``edgepass.predictors.latency``).
+    :attr:`ProxyPredictor.last_sources` counts which was used.
 
 Monotone map (proxy ms -> target ms), fitted in log-log space on the k target measurements
     * ``log-linear``: ``log t = a + b log p`` (least squares, b clipped to >= 0.001 so the
@@ -48,6 +48,12 @@ from functools import lru_cache
 
 import numpy as np
 
+from edgepass import dataset
+from edgepass.dataset import PRECISIONS
+from edgepass.devices import get_device, list_devices
+
+from .latency_fit import model_matrix
+from .latency_model import device_precision, load_model, predict_matrices
 from .stats import kendall, mape, spearman
 
 DEFAULT_THRESHOLD = 0.9
@@ -56,20 +62,18 @@ DEFAULT_THRESHOLD = 0.9
 # ---------------------------------------------------------------------- measured latencies
 @lru_cache(maxsize=1)
 def _table():
-    from edgepass import dataset
-
     return dataset.load()
 
 
-def _device_id(device) -> str:
-    from edgepass.devices import get_device
-
+def device_id_of(device) -> str:
+    """The database id of ``device`` (an id, alias, device file or Device)."""
     return get_device(device).id
 
 
 @lru_cache(maxsize=256)
-def _measured(device_id: str, precision: str | None) -> dict:
-    """``{spec: ms}`` of a device from the training set (throughput rows as 1000/value)."""
+def measured_table(device_id: str, precision: str | None) -> dict:
+    """``{spec: ms}`` of a device (by database id, :func:`device_id_of`) from the training set
+    (throughput rows as 1000/value); ``precision`` None: fp32 where measured."""
     ts = _table()
     if device_id not in ts.devices:
         return {}
@@ -78,8 +82,6 @@ def _measured(device_id: str, precision: str | None) -> dict:
         precs = set(int(p) for p in sub.precision_code)
         precision_code = 0 if 0 in precs else (min(precs) if precs else 0)
     else:
-        from edgepass.dataset import PRECISIONS
-
         precision_code = PRECISIONS.index(precision)
     out: dict = {}
     for metric_code, transform in ((2, lambda v: 1000.0 / v), (0, lambda v: v)):  # latency overrides
@@ -92,24 +94,18 @@ def _measured(device_id: str, precision: str | None) -> dict:
 
 def measured_latency(device, specs, *, precision: str | None = None) -> np.ndarray:
     """Measured latency (ms) of each spec on ``device`` from the training set; nan where absent."""
-    table = _measured(_device_id(device), precision)
+    table = measured_table(device_id_of(device), precision)
     return np.array([table.get(s, np.nan) if isinstance(s, str) else np.nan for s in specs], dtype=np.float64)
 
 
 def predicted_latency(device, archs, *, precision: str | None = None) -> np.ndarray:
     """The device-conditioned latency predictor's latency (ms) for specs or IR graphs."""
-    try:
-        from . import latency as _lat
-    except Exception as exc:  # noqa: BLE001 -- the predictor is optional for this module
-        raise RuntimeError(f"no measured proxy latency and the latency predictor is unavailable ({exc})") from None
-    from edgepass.devices import get_device
-
     dev = get_device(device)
-    m = _lat.load_model()
+    m = load_model()
     state = m.device_state(dev)
-    prec = precision or _lat.device_precision(dev)
-    mats = [_lat.model_matrix(a, prec) for a in archs]
-    return np.asarray(_lat.predict_matrices(mats, state, m), dtype=np.float64)
+    prec = precision or device_precision(dev)
+    mats = [model_matrix(a, prec) for a in archs]
+    return np.asarray(predict_matrices(mats, state, m), dtype=np.float64)
 
 
 def proxy_latency(device, archs, *, precision: str | None = None, use_predictor: bool = True) -> tuple[np.ndarray, dict]:
@@ -255,7 +251,7 @@ class ProxyPredictor:
 
     def __init__(self, proxy_device, *, threshold: float = DEFAULT_THRESHOLD, precision: str | None = None,
                  candidates=None, max_candidates: int = 8, use_predictor: bool = True, map_kind: str = "auto"):
-        self.proxy = _device_id(proxy_device)
+        self.proxy = device_id_of(proxy_device)
         self.threshold = float(threshold)
         self.precision = precision
         self.candidates = list(candidates) if candidates is not None else None
@@ -316,8 +312,8 @@ class ProxyPredictor:
         cands = candidates if candidates is not None else self.candidates
         if cands is None:
             cands = [c for c, _, _ in rank_proxies(self.proxy, measurements=(archs, t))]
-        skip = {self.proxy} | ({_device_id(target)} if target is not None else set())
-        cands = [c for c in (_device_id(c) for c in cands) if c not in skip]
+        skip = {self.proxy} | ({device_id_of(target)} if target is not None else set())
+        cands = [c for c in (device_id_of(c) for c in cands) if c not in skip]
         ly = np.log(t)
         scored = []
         for c in cands:
@@ -380,8 +376,6 @@ def _signature_distance(a: dict, b: dict) -> float | None:
 def rank_proxies(target_device, candidates=None, *, space: str | None = None, measurements=None) -> list:
     """Candidates sorted best first: ``[(device id, distance, metric)]``; ``metric`` is
     ``"spearman-on-measurements"`` (distance = 1 - rho), ``"signature"`` or ``"features"``."""
-    from edgepass.devices import get_device, list_devices
-
     target = get_device(target_device)
     if candidates is None:
         cands = [d for d in list_devices() if d.n_measurements > 0]
@@ -424,4 +418,4 @@ def choose_proxy(target_device, candidates=None, *, space: str | None = None, me
 
 
 __all__ = ["ProxyPredictor", "ProxyReport", "MonotoneMap", "choose_proxy", "rank_proxies", "fit_monotone_map",
-           "loo_mape", "measured_latency", "predicted_latency", "proxy_latency"]
+           "loo_mape", "measured_latency", "measured_table", "device_id_of", "predicted_latency", "proxy_latency"]

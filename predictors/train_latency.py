@@ -11,8 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import N_OP, row_features, stable_hash, training_specs
-from .latency import FORMAT, LatencyModel, device_raw_vector
+from edgepass import dataset, zoo
+from edgepass.api import analyze
+from edgepass.devices import get_device
+from edgepass.space import Design, build_space
+
+from .features import N_OP, graph_matrix, row_features, stable_hash, training_specs
+from .latency_model import FORMAT, LatencyModel, device_raw_vector, predict_matrices
 
 EMB = 8
 HIDDEN = (128, 64)
@@ -20,8 +25,6 @@ HIDDEN = (128, 64)
 
 def cached_features(spec: str) -> dict | None:
     """dataset.features(spec) if it is cached (never builds)."""
-    from edgepass import dataset, zoo
-
     canon = zoo.parse(spec)["canonical"]
     key = hashlib.sha1(f"{canon}|per_op=True".encode()).hexdigest()
     path = dataset.cache_dir() / key[:2] / f"{key}.json"
@@ -41,17 +44,9 @@ def design_matrix(spec: str, design: str) -> np.ndarray | None:
     import io
     import warnings
 
-    from edgepass.space import Design
-
-    from .features import graph_matrix
-
     if spec not in _SPACES:
         import onnx
         import torch
-
-        from edgepass import zoo
-        from edgepass.frontends.onnx import analyze_onnx
-        from edgepass.space import build_space
 
         zm = zoo.build(spec)
         buf = io.BytesIO()
@@ -59,7 +54,9 @@ def design_matrix(spec: str, design: str) -> np.ndarray | None:
             warnings.simplefilter("ignore")
             torch.onnx.export(zm.module, zm.example_inputs, buf, dynamo=False, opset_version=17, input_names=["x"],
                               output_names=["y"])
-        _SPACES[spec] = build_space(analyze_onnx(onnx.load_from_string(buf.getvalue())))
+        # analyze() hands the ModelProto to the ONNX front end (frontends.onnx.analyze_onnx), imported on
+        # demand there: importing that module here would load onnx (~1 s) with this one
+        _SPACES[spec] = build_space(analyze(onnx.load_from_string(buf.getvalue())))
     space = _SPACES[spec]
     return graph_matrix(space.design_graph(Design.from_json(design)))[0]
 
@@ -110,8 +107,6 @@ def collect(ts=None, *, specs=None, progress=True, include_designs=True, max_spe
     earlier collection whose design op matrices are taken as they are for the same (spec, design)
     keys -- rebuilding ~700 designs is most of the 10 minutes, and a re-measurement changes only the
     latencies."""
-    from edgepass import dataset
-
     from tqdm import tqdm
 
     ts = ts or dataset.load()
@@ -187,8 +182,6 @@ def collect_cached(directory, *, progress=True, refresh=False) -> Data:
     import os
     import pickle
 
-    from edgepass import dataset
-
     root = Path(__file__).resolve().parents[1] / "edgepass" / "data" / "dataset"
     h = hashlib.sha1()
     for f in sorted(root.glob("*")):
@@ -229,7 +222,6 @@ def train(D: Data, *, row_mask=None, epochs: int = 30, batch: int = 512, lr: flo
     residuals of the devices it knows; new devices start near zero). On the shared 2-core machine a
     wall-clock budget buys only a few hundred steps, so training is resumable instead of longer."""
     import torch
-    from edgepass.devices import get_device
     from tqdm import tqdm
 
     torch.manual_seed(seed)
@@ -344,14 +336,10 @@ def train(D: Data, *, row_mask=None, epochs: int = 30, batch: int = 512, lr: flo
 
 def predict_rows(model: LatencyModel, D: Data, rows: np.ndarray, device_override=None) -> np.ndarray:
     """Predicted ms for training-table rows (trained devices use their learned residual)."""
-    from edgepass.devices import get_device
-
     out = np.zeros(len(rows))
     by_dev: dict[str, list[int]] = {}
     for j, i in enumerate(rows):
         by_dev.setdefault(D.rows_d[i], []).append(j)
-    from .latency import predict_matrices
-
     for d, js in by_dev.items():
         state = model.device_state(get_device(d)) if device_override is None else device_override
         out[js] = predict_matrices([D.g_mat[D.rows_g[rows[j]]] for j in js], state, model)
@@ -365,3 +353,8 @@ def version_of(model: LatencyModel) -> str:
 def save_artifact(model: LatencyModel, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
+
+
+__all__ = ["EMB", "HIDDEN", "cached_features", "design_matrix", "Data", "collect", "collect_cached", "train",
+           "predict_rows", "version_of", "save_artifact",
+           "stable_hash"]   # re-exported: benchmarks/predictors.py imports it from here

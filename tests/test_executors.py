@@ -159,7 +159,7 @@ def test_ray_retries_a_killed_worker_then_records_the_failure(cluster, tmp_path)
 
 # ---------------------------------------------------------------- fleet compile on Ray, with a kill
 FLEET_KILL: dict = {}  # set before a run; pickled by value together with the task below
-_real_fleet_task = edgepass.fleet._fleet_task
+_real_fleet_task = edgepass.fleet.fleet_task
 
 
 def fleet_task_dying_once(item, shared):
@@ -200,7 +200,7 @@ def test_fleet_compile_on_ray_for_20_devices_survives_a_killed_worker(cluster, t
 
     victim = fleet.device_filename(devices[7])
     FLEET_KILL.update(device=victim, marker=str(tmp_path / "killed"))
-    monkeypatch.setattr(fleet, "_fleet_task", fleet_task_dying_once)
+    monkeypatch.setattr(fleet, "fleet_task", fleet_task_dying_once)
     try:
         second = fleet.compile_fleet(str(DIGITS), devices, tmp_path / "b", **opts)
     finally:

@@ -37,7 +37,7 @@ def tiny_path(tmp_path):
 
 
 def _main(monkeypatch, argv):
-    monkeypatch.setattr(cli, "COMMANDS", ["edgepass.devices.cli"])
+    monkeypatch.setattr(cli, "COMMANDS", ["edgepass.commands.devices", "edgepass.commands.measure", "edgepass.commands.profile"])
     return cli.main(argv)
 
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 import edgepass
-from edgepass.optimizers import (AdditiveProblem, AmortizedOptimizer, Budget, LookupProblem, Term, evolutionary,
-                               exhaustive, repair)
+from edgepass.optimizers import (AdditiveProblem, AmortizedOptimizer, Budget, CallableProblem, LookupProblem, Term,
+                                 evolutionary, exhaustive, repair)
 from edgepass.optimizers.population import (budget_feature, reference_designs, reference_vector,
                                           synthetic_devices, training_pairs)
-from edgepass.zoo.spaces import space
+from edgepass.optimizers.zoo_space import space
 
 
 def toy_additive(seed=0, knobs=6, choices=4):
@@ -244,7 +244,7 @@ def test_incremental_neighbour_scores_match_full_evaluation(resnet18_space):
         def evaluate(self, codes):
             return self.inner.evaluate(codes)
 
-    fast = ms.CostsProblem(n_choices, fn, costs)
+    fast = CallableProblem(n_choices, fn, costs.predict)
     lo, hi = ms.feasible_range(costs, ms.reference_codes(sp))
     for f in (0.1, 0.5, 0.9):
         b = Budget(latency_ms=float(lo * (hi / lo) ** f))

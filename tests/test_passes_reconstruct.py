@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 import edgepass
 from edgepass.demo import DEMO_DATA, demo_path
 from edgepass.passes import reconstruct
-from edgepass.passes.reconstruct import _Layer
+from edgepass.passes.reconstruct import RefitLayer
 from edgepass.passes.recalibrate import output_session
 from edgepass.rewrite import run_model
 
@@ -42,7 +42,7 @@ def no_ridge(monkeypatch):
 def _refit_from_zero(proto, x):
     """Fit the model's single layer, started at zero weights, to its own outputs on ``x``."""
     y = output_session(proto, ["y"]).run(["y"], {"x": x})[0].astype(np.float64)
-    lay = _Layer.from_node(next(iter(ir.from_proto(proto).graph)), "y", None)
+    lay = RefitLayer.from_node(next(iter(ir.from_proto(proto).graph)), "y", None)
     lay.w0, lay.b0 = np.zeros_like(lay.w0), np.zeros_like(lay.b0)   # start far from the answer
     lay.positions(y, len(x), np.random.default_rng(1))
     rows = lay.patches(x.astype(np.float64), 0)

@@ -54,7 +54,7 @@ def test_fit_monotone_map_auto_reports_both():
 
 
 def _specs(device, n, seed=0):
-    table = px._measured(px._device_id(device), None)
+    table = px.measured_table(px.device_id_of(device), None)
     specs = sorted(s for s in table if s.startswith("nb201:"))
     idx = np.random.default_rng(seed).choice(len(specs), n, replace=False)
     return [specs[i] for i in idx]

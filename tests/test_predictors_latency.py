@@ -10,6 +10,7 @@ import torch
 
 from edgepass.cli import main
 from edgepass.predictors import latency as L
+from edgepass.predictors.features import OP_FEATURE_INDEX
 
 
 class Small(torch.nn.Module):
@@ -110,13 +111,13 @@ def test_batched_leave_one_out_folds_are_independent_fits():
     raw = L.device_raw_vector(get_device("help/xeon-gold-6226"))
     k = len(mats)
     masks = np.vstack([np.ones((1, k), bool), ~np.eye(k, dtype=bool)[:3]])
-    r, off, sc, lp, _ = L._fit_embeddings(m, mats, y, raw, masks, np.zeros(m.a["R"].shape[1]), steps=100,
-                                          ridge=1.0, fit_scale=True)
+    r, off, sc, lp, _ = L.fit_embeddings(m, mats, y, raw, masks, np.zeros(m.a["R"].shape[1]), steps=100,
+                                         ridge=1.0, fit_scale=True)
     for f in range(1, 4):
         keep = masks[f]
-        r1, off1, sc1, _, _ = L._fit_embeddings(m, [x for x, kk in zip(mats, keep) if kk], y[keep], raw,
-                                                np.ones((1, k - 1), bool), np.zeros(m.a["R"].shape[1]), steps=100,
-                                                ridge=1.0, fit_scale=True)
+        r1, off1, sc1, _, _ = L.fit_embeddings(m, [x for x, kk in zip(mats, keep) if kk], y[keep], raw,
+                                               np.ones((1, k - 1), bool), np.zeros(m.a["R"].shape[1]), steps=100,
+                                               ridge=1.0, fit_scale=True)
         assert np.allclose(r[f], r1[0], atol=1e-6) and abs(off[f] - off1[0]) < 1e-6 and abs(sc[f] - sc1[0]) < 1e-6
     fit = L.fit_state(m, mats, y, raw)
     assert fit["mlp_loo_rel_rmse"] > 0 and fit["mlp_loo_rel_rmse"] ** 2 > np.mean((np.exp(lp[0]) / y - 1) ** 2) * 0.9
@@ -211,7 +212,7 @@ def test_per_device_correction_fits_scaled_truth_and_keeps_table_exact(space, cp
     correction fitted on 40 designs recovers it on 10 others; the LatencyTable stays an exact sum;
     the corrected model survives save/load."""
     m, dev, st, designs, mats = cpu_designs
-    j = L._feat_index()
+    j = OP_FEATURE_INDEX
 
     def truth(X):
         per = m.op_latency(X, st)
@@ -236,7 +237,7 @@ def test_op_net_learns_channel_alignment_and_keeps_table_exact(space, cpu_design
     on 40 designs halves the correction's error on 10 others, deterministically; the LatencyTable
     stays an exact sum with it, after save/load."""
     m, dev, st, designs, mats = cpu_designs
-    j = L._feat_index()
+    j = OP_FEATURE_INDEX
 
     def truth(X):
         per = m.op_latency(X, st)
@@ -278,7 +279,7 @@ def test_few_shot_op_class_residual_learns_a_cost_ratio_the_mlp_lacks(space, tmp
     designs = [space.sample(i) for i in range(40)]
     graphs = [space.design_graph(d) for d in designs]
     mats = [L.graph_matrix(g)[0] for g in graphs]
-    j = L._feat_index()
+    j = OP_FEATURE_INDEX
     k5 = np.array([((X[:, j["kind_conv"]] > 0) & (X[:, j["kernel"]] == 5)).sum() for X in mats])
     assert 0 < (k5[:20] > 0).sum() < 20 and 0 < (k5[20:] > 0).sum() < 20  # the knob varies in both sets
     y = np.array([float(m.op_latency(X, st).sum() + m.overhead_ms(st)) for X in mats]) + 0.3 * k5
@@ -421,7 +422,7 @@ def test_calibration_on_measured_designs_recovers_per_precision_gains(digits_onn
     graphs = [sp.design_graph(d) for d in designs]
     # "measurements" made from the uncalibrated predictor's own split: fp32 x 2, int8 x 0.25, +0.01 ms
     from edgepass.predictors.features import graph_matrix
-    from edgepass.predictors.latency import _feat_index, load_model
+    from edgepass.predictors.latency import load_model
 
     m = load_model()
     st = m.device_state(dev)
@@ -429,7 +430,7 @@ def test_calibration_on_measured_designs_recovers_per_precision_gains(digits_onn
     for g in graphs:
         X = graph_matrix(g)[0]
         per = m.op_latency(X, st)
-        q = X[:, _feat_index()["prec_int8"]] > 0
+        q = X[:, OP_FEATURE_INDEX["prec_int8"]] > 0
         y.append(2.0 * (per[~q].sum() + m.overhead_ms(st)) + 0.25 * per[q].sum() + 0.01)
     cal, info = calibrate_on_designs(dev, graphs, y)
     assert info["fp"] == pytest.approx(2.0, rel=1e-3) and info["int8"] == pytest.approx(0.25, rel=1e-2)

@@ -12,7 +12,7 @@ from edgepass.errors import InputError
 
 
 def _main(monkeypatch, argv):
-    monkeypatch.setattr(cli, "COMMANDS", ["edgepass.devices.cli"])  # only this package's verbs
+    monkeypatch.setattr(cli, "COMMANDS", ["edgepass.commands.devices", "edgepass.commands.measure", "edgepass.commands.profile"])  # only this package's verbs
     return cli.main(argv)
 
 

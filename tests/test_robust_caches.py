@@ -224,9 +224,9 @@ def test_energy_refuses_a_non_finite_latency(tiny_graph):
 
 @pytest.fixture
 def fresh_latency_model():
-    L._load_cached.cache_clear()
+    L.load_cached.cache_clear()
     yield
-    L._load_cached.cache_clear()
+    L.load_cached.cache_clear()
 
 
 @pytest.mark.parametrize("content", [None, b"not an npz", b"PK\x03\x04truncated"])
@@ -252,7 +252,7 @@ def test_latency_model_with_mis_shaped_arrays_is_refused(tmp_path, monkeypatch, 
     np.savez(buf, header=np.frombuffer(json.dumps(m.header).encode(), dtype=np.uint8), **arrays)
     (tmp_path / "bad.npz").write_bytes(buf.getvalue())
     monkeypatch.setenv("EDGEPASS_LATENCY_MODEL", str(tmp_path / "bad.npz"))
-    L._load_cached.cache_clear()
+    L.load_cached.cache_clear()
     with pytest.raises(InputError, match="array b1 has shape"):
         L.load_model()
 
@@ -275,9 +275,9 @@ def cached_predictor(tiny_onnx, tmp_path_factory):
 
 
 def _entry(cache, key):
-    from edgepass.build_cache import _path
+    from edgepass.build_cache import accuracy_entry_path
 
-    return _path(cache, key)
+    return accuracy_entry_path(cache, key)
 
 
 def _load(cached):
@@ -374,9 +374,9 @@ def test_planted_evaluation_record_is_caught_and_the_records_dropped(tmp_path, c
 
 @pytest.mark.parametrize("text", ['{"d": NaN}', '{"d": "0.5"}', '{"d": 7}', '[1]', '{"d": 0.5'])
 def test_malformed_evaluation_records_are_a_miss(tmp_path, capsys, text):
-    from edgepass.build_cache import _evals_path, load_evaluations
+    from edgepass.build_cache import evaluations_path, load_evaluations
 
-    path = _evals_path(tmp_path, "k")
+    path = evaluations_path(tmp_path, "k")
     path.parent.mkdir(parents=True)
     path.write_text(text)
     assert load_evaluations(tmp_path, "k") == {}

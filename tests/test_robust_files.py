@@ -334,7 +334,7 @@ def _crash(exc):
 
 @pytest.mark.parametrize("debug", ["", "flag", "env"])
 def test_internal_error_is_one_line_with_its_own_exit_code(work, capsys, monkeypatch, debug):
-    monkeypatch.setattr("edgepass.commands.analysis.cmd_analyze", _crash(RuntimeError("boom\nsecond line")))
+    monkeypatch.setattr("edgepass.commands.analyze.run", _crash(RuntimeError("boom\nsecond line")))
     if debug == "env":
         monkeypatch.setenv("EDGEPASS_DEBUG", "1")
     else:
@@ -347,7 +347,7 @@ def test_internal_error_is_one_line_with_its_own_exit_code(work, capsys, monkeyp
 
 
 def test_memory_error_is_one_line(work, capsys, monkeypatch):
-    monkeypatch.setattr("edgepass.commands.analysis.cmd_analyze", _crash(MemoryError()))
+    monkeypatch.setattr("edgepass.commands.analyze.run", _crash(MemoryError()))
     rc = main(["analyze", "model.onnx"])
     err = capsys.readouterr().err
     assert rc == EXIT_INTERNAL and err.count("\n") == 1 and "out of memory" in err
@@ -360,7 +360,7 @@ def test_sigterm_stops_like_ctrl_c_and_restores_the_handler(work, capsys, monkey
         os.kill(os.getpid(), signal.SIGTERM)
         return 0
 
-    monkeypatch.setattr("edgepass.commands.analysis.cmd_analyze", terminate)
+    monkeypatch.setattr("edgepass.commands.analyze.run", terminate)
     before = signal.getsignal(signal.SIGTERM)
     assert main(["analyze", "model.onnx"]) == 143
     assert capsys.readouterr().err.strip() == "edgepass: terminated"

@@ -311,9 +311,9 @@ def test_input_shapes_must_be_positive_integers_within_the_limit(shape):
 # ------------------------------------------------------------------ 6. extreme calibration values
 @pytest.mark.parametrize("value", [1e200, np.inf, np.nan])
 def test_a_refit_whose_least_squares_system_overflows_keeps_the_layer(value, recwarn):
-    from edgepass.passes.reconstruct import _Layer, refit, refit_notes
+    from edgepass.passes.reconstruct import RefitLayer, refit, refit_notes
 
-    layer = _Layer(np.ones((4, 8)), np.zeros(4))
+    layer = RefitLayer(np.ones((4, 8)), np.zeros(4))
     assert refit(layer, np.full((16, 8), value), np.ones((16, 4))) is None
     assert refit(layer, np.random.default_rng(0).standard_normal((16, 8)), np.ones((16, 4))) is not None
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

@@ -9,7 +9,8 @@ import torch
 
 import edgepass
 from conftest import ARCHS
-from edgepass.space import Design
+from edgepass.coupling import ELEMENTWISE, OP_HANDLERS, PASS_THROUGH, handles
+from edgepass.space import Design, width_choices
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +144,19 @@ def test_unknown_module_freezes_its_channels():
 
 
 def test_width_choices():
-    from edgepass.space import _width_choices
+    assert width_choices(64, 1) == [64, 56, 48, 40, 32, 24, 16]
+    assert width_choices(24, 1) == [24, 16, 8]
+    assert width_choices(8, 1) == [8]
+    assert width_choices(96, 24) == [96, 72, 48, 24]
+    assert all(w >= 8 for w in width_choices(1000, 1))
 
-    assert _width_choices(64, 1) == [64, 56, 48, 40, 32, 24, 16]
-    assert _width_choices(24, 1) == [24, 16, 8]
-    assert _width_choices(8, 1) == [8]
-    assert _width_choices(96, 24) == [96, 72, 48, 24]
-    assert all(w >= 8 for w in _width_choices(1000, 1))
+
+def test_op_kinds_are_one_handler_each():
+    assert PASS_THROUGH | ELEMENTWISE <= set(OP_HANDLERS)
+    assert {"conv", "linear", "concat", "split", "reshape", "matmul"} <= set(OP_HANDLERS)
+    with pytest.raises(ValueError, match="already has a handler"):
+        handles("conv")(lambda an, op, ins: [None])
+    assert OP_HANDLERS["conv"].__name__ == "visit_conv"
 
 
 def test_kernel_choices_respect_padding(spaces):

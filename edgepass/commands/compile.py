@@ -8,11 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import InputError
+from ..compile import CompileOptions, compile_with_report, report_of
+from ..errors import EXIT_INFEASIBLE, EdgepassError, InputError
 from ..executors import EXECUTORS
-from ..fileio import check_files, check_input, is_device_file
+from ..fileio import check_files, check_input, is_device_file, write_atomic
+from ..optimizers.methods import METHODS
+from ..space import Design
 from . import argtypes
-from .analysis import parse_input_shapes
+from .analyze import parse_input_shapes
 
 
 def add_parser(sub) -> None:
@@ -31,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-accuracy-drop", type=float)
     p.add_argument("--calibration", metavar="DATA.npz|DIR", help="calibration inputs keyed by input name")
     p.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...")
-    p.add_argument("--method", choices=("amortized", "search", "exhaustive"), default="amortized")
+    p.add_argument("--method", choices=METHODS, default="amortized")
     p.add_argument("--precisions", help="comma-separated subset of fp32,fp16,int8")
     p.add_argument("--ignore", action="append", default=[], metavar="LAYER", help="keep a layer untouched")
     p.add_argument("--seed", type=argtypes.seed, default=0)
@@ -53,13 +56,11 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=argtypes.workers, metavar="N", help="worker processes / Ray CPUs for a fleet")
     p.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: start a local one)")
     p.add_argument("--check", action="store_true", help="only verify an existing OUT against its report")
-    p.set_defaults(func=cmd_compile)
+    p.set_defaults(func=run)
 
 
 def options_from_args(args):
-    """The :class:`~edgepass.compile.CompileOptions` of a command line (the Python API's options type)."""
-    from ..compile import CompileOptions
-
+    """The :class:`~edgepass.compile_options.CompileOptions` of a command line (the Python API's options type)."""
     if args.calibration and not Path(args.calibration).exists():
         raise InputError(f"{args.calibration}: no such calibration file or directory")
     return CompileOptions(latency_ms=args.latency_ms, latency_fraction=args.latency_fraction,
@@ -77,7 +78,7 @@ def input_files(args) -> dict:
             "--device file": [d for d in args.device if is_device_file(d)], "--devices list": args.devices}
 
 
-def cmd_compile(args) -> int:
+def run(args) -> int:
     src, dst = Path(args.model), Path(args.output)
     if args.check:
         if len(args.device) > 1 or args.devices:
@@ -88,8 +89,6 @@ def cmd_compile(args) -> int:
     if args.devices or len(args.device) > 1:
         return _fleet(src, dst, args)
     check_files(inputs=input_files(args), outputs={"output": dst, "--report": args.report, "--plot": args.plot})
-    from ..compile import compile_with_report, write_atomic
-
     opts = options_from_args(args)
     out, report, feasible = compile_with_report(str(src), args.device[0], opts)
     write_atomic(dst, out.SerializeToString())
@@ -100,8 +99,6 @@ def cmd_compile(args) -> int:
     else:
         print(report.table())
     if not feasible:
-        from ..errors import EXIT_INFEASIBLE
-
         print(f"edgepass: error: no design meets the budget on {report.device}; wrote the closest one",
               file=sys.stderr)
         return EXIT_INFEASIBLE
@@ -110,6 +107,7 @@ def cmd_compile(args) -> int:
 
 def _fleet(src: Path, outdir: Path, args) -> int:
     """``OUTDIR`` gets one model + report per device and summary.json; the exit code is the fleet's."""
+    # a fleet loads the executors and every stage up front: only when one is compiled
     from ..fleet import compile_fleet, fleet_table, read_fleet_file
 
     if args.report or args.plot:
@@ -136,9 +134,6 @@ def _fleet(src: Path, outdir: Path, args) -> int:
 
 def _stored_design(out, dst: Path):
     """The design of the report a compile embedded in ``out``; a missing or edited report -> InputError."""
-    from ..compile import report_of
-    from ..space import Design
-
     try:
         report = report_of(out)
     except (ValueError, RecursionError) as exc:
@@ -155,7 +150,7 @@ def _stored_design(out, dst: Path):
 
 def _check(src: Path, dst: Path, args) -> int:
     """Verify an existing output against the report stored in it."""
-    from ..errors import EdgepassError
+    # verification runs both models (onnx, onnxruntime, the passes' IR): loaded only for --check
     from ..frontends.onnx import load_model
     from ..rewrite import verify
 

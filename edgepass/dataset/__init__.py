@@ -33,6 +33,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import zoo
+from ..api import analyze
 from ..errors import InputError
 from ..fileio import read_prefix, write_atomic
 from .table import FORMAT, METRICS, PRECISIONS, TrainingSet
@@ -112,8 +114,6 @@ def features(spec: str, *, per_op: bool = True, cache: bool = True) -> dict[str,
     cached as JSON per spec (sha1 of the canonical spec) -- 25k+ architectures are far too many
     to precompute or ship.
     """
-    from .. import zoo
-
     canon = zoo.parse(spec)["canonical"]
     key = hashlib.sha1(f"{canon}|per_op={per_op}".encode()).hexdigest()
     path = cache_dir() / key[:2] / f"{key}.json"
@@ -121,8 +121,6 @@ def features(spec: str, *, per_op: bool = True, cache: bool = True) -> dict[str,
         cached = read_cached_features(path, canon, per_op=per_op)
         if cached is not None:
             return cached
-    from ..api import analyze
-
     zm = zoo.build(canon)
     graph = analyze(zm.module, zm.example_inputs)
     out = {"spec": canon, **graph.summary()}

@@ -32,7 +32,7 @@ DeviceLike = Union[str, Path, Device]
 
 
 @lru_cache(maxsize=1)
-def _database() -> tuple[dict[str, Any], tuple[Device, ...], dict[str, Device]]:
+def load_database() -> tuple[dict[str, Any], tuple[Device, ...], dict[str, Device]]:
     """Load, validate and index the shipped database (cached: it is immutable package data)."""
     res = resources.files("edgepass").joinpath(*_DB_RESOURCE)
     try:
@@ -60,12 +60,12 @@ def _database() -> tuple[dict[str, Any], tuple[Device, ...], dict[str, Device]]:
 
 def list_devices() -> list[Device]:
     """All devices of the embedded database, sorted by id."""
-    return list(_database()[1])
+    return list(load_database()[1])
 
 
 def database_info() -> dict[str, Any]:
     """Database metadata: schema, generator, sources with licences, per-source counts."""
-    return dict(_database()[0])
+    return dict(load_database()[0])
 
 
 def get_device(device: DeviceLike) -> Device:
@@ -82,7 +82,7 @@ def get_device(device: DeviceLike) -> Device:
     if not isinstance(device, str) or not device.strip():
         raise DeviceError(f"device must be an id, a path to a device .json file or a Device, got {device!r}")
     key = device.strip()
-    index = _database()[2]
+    index = load_database()[2]
     if key in index:
         return index[key]
     lowered = key.lower()
@@ -95,7 +95,7 @@ def get_device(device: DeviceLike) -> Device:
 
 def _suggest(key: str, n: int = 5) -> str:
     """The "; closest: ..." hint: two fuzzy matches, then ids containing ``key`` (e.g. pixel4)."""
-    ids = [d.id for d in _database()[1]]
+    ids = [d.id for d in load_database()[1]]
     contains = sorted((i for i in ids if key in i), key=lambda i: (len(i), i))
     fuzzy = difflib.get_close_matches(key, ids, n=n, cutoff=0.5)
     close = list(dict.fromkeys(fuzzy[:2] + contains + fuzzy))[:n]

@@ -92,6 +92,10 @@ def _load_bytes(model: ModelLike) -> tuple[bytes, str]:
 #: uses (fastest) but its layout transforms rename nodes (``conv1`` -> ``h_nchwc``); "basic" or
 #: "extended" keep the model's node names in per-node profiles.
 OPTIMIZATION_LEVELS = ("all", "extended", "basic", "disable")
+#: every latency measured here (candidates, before/after) times at least 20 runs and this long: a
+#: small model's 20 runs span under a millisecond, and the medians of such short spans swing by tens
+#: of percent on a busy machine
+MIN_SECONDS = 0.1
 
 
 def _session(data: bytes, label: str, threads: int, profile_dir: str | None, optimization: str = "all"):

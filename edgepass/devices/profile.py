@@ -47,7 +47,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import zoo
 from ..errors import InputError
+from .measure import measure
 from .schema import Device
 
 SUITE_VERSION = "edgepass-ref/1"
@@ -207,7 +209,6 @@ def _network(spec: str) -> Callable[[], bytes]:
 
         import torch
 
-        from .. import zoo
 
         zm = zoo.build(spec)
         buf = io.BytesIO()
@@ -344,8 +345,6 @@ def run_suite(threads: int = 1, *, quick: bool = False, runs: int | None = None,
     """Time the suite; returns ``{name: {"median_ms", "iqr_ms"}}`` in suite order."""
     from tqdm import tqdm
 
-    from .measure import measure
-
     entries = [e for e in suite() if (e.quick or not quick) and (names is None or e.name in names)]
     out: dict[str, dict[str, float]] = {}
     fp32_cache: dict[str, bytes] = {}
@@ -420,17 +419,3 @@ def compare_signatures(a: Device, b: Device) -> dict[str, Any]:
         ok += abs(x - y) <= tol
     return {"n": len(common), "median_rel_diff": statistics.median(rel) if rel else float("nan"),
             "within_noise": ok / len(common) if common else float("nan")}
-
-
-def cmd_profile(args) -> int:
-    """``edgepass profile`` (registered by :mod:`edgepass.devices.cli`)."""
-    from ..fileio import check_files
-
-    out = Path(args.output)
-    check_files(outputs={"-o": out})   # before the minutes of profiling
-    t0 = time.time()
-    dev = profile_device(args.threads, name=args.name, device_id=args.id, quick=args.quick, kind=args.kind)
-    dev.save(out)   # atomic
-    print(f"{out}: device {dev.id} ({dev.kind}, onnxruntime, {dev.threads} thread(s)), "
-          f"{len(dev.signature)} reference timings in {time.time() - t0:.1f} s")
-    return 0

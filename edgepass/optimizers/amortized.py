@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..fileio import write_atomic
 from .budget import Budget
 from .search import SearchResult, best_repaired
 
@@ -149,8 +150,6 @@ class AmortizedOptimizer:
                "hidden": self.hidden, "seed": self.seed, "format": _FORMAT}
         arrays = {f"p{i}": t.detach().numpy() for i, t in enumerate(self.net.state_dict().values())}
         arrays.update({f"extra_{k}": np.asarray(v) for k, v in (extra or {}).items()})
-        from ..compile import write_atomic
-
         buf = io.BytesIO()
         np.savez(buf, config=np.frombuffer(json.dumps(cfg, sort_keys=True).encode(), dtype=np.uint8),
                  meta=np.frombuffer(json.dumps(meta or {}, sort_keys=True).encode(), dtype=np.uint8),

@@ -2,21 +2,31 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from .. import dataset
+from ..devices import get_device
 from ..errors import DeviceError, EdgepassError, InfeasibleBudgetError, InputError
+from ..predictors.energy import EnergyTable
+from ..predictors.latency import LatencyTable, artifact_sha
+from ..space import DesignSpace, design_space
+from ..util import cache_dir
+from . import model_space
 from .amortized import AmortizedOptimizer
 from .budget import Budget
-from .problem import Problem, score_neighbours
+from .candidates import candidate_codes
+from .methods import METHODS
+from .model_space import TableCosts
+from .population import budget_features, reference_designs, reference_vector, synthetic_devices, training_pairs
+from .problem import CallableProblem
 from .search import evolutionary, exhaustive, repair, result_of
+from .sensitivity import weight_energy_fn
+from .zoo_space import ZooSpace
 
-METHODS = ("amortized", "search", "exhaustive")
 
 
 @dataclass
@@ -38,45 +48,11 @@ class OptimizeResult:
     candidates: list | None = None
 
 
-@dataclass
-class CallableProblem(Problem):
-    """A problem whose costs come from vectorised callables (predictors of a model's design space)."""
-
-    n_choices: list
-    accuracy_fn: object
-    latency_fn: object
-    energy_fn: object = None
-    latency_table: object = None   # the LatencyTable behind latency_fn (model spaces)
-
-    def evaluate(self, codes) -> dict:
-        codes = np.atleast_2d(np.asarray(codes, dtype=np.int64))
-        return {"accuracy": np.asarray(self.accuracy_fn(codes), dtype=np.float64),
-                "latency_ms": np.asarray(self.latency_fn(codes), dtype=np.float64),
-                "energy_mj": None if self.energy_fn is None else np.asarray(self.energy_fn(codes), dtype=np.float64)}
-
-    def evaluate_neighbours(self, code, nbs, knob, new) -> dict:
-        """:meth:`evaluate` of ``nbs`` (``code`` with one knob moved each; the repair's hot loop),
-        incrementally where a cost function can (:func:`~edgepass.optimizers.problem.move_scorer`)."""
-        energy = None if self.energy_fn is None else score_neighbours(self.energy_fn, code, nbs, knob, new)
-        return {"accuracy": score_neighbours(self.accuracy_fn, code, nbs, knob, new),
-                "latency_ms": score_neighbours(self.latency_fn, code, nbs, knob, new), "energy_mj": energy}
-
-
-def cache_dir(path=None) -> Path:
-    """Where trained optimizers are kept: ``path``, ``$EDGEPASS_CACHE`` or the user's cache directory."""
-    base = Path(path or os.environ.get("EDGEPASS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() /
-                                                                                 ".cache")) / "edgepass")
-    base.mkdir(parents=True, exist_ok=True)
-    return base
-
-
 # --------------------------------------------------------------------------------------------
 # NAS-Bench-201 (zoo space)
 # --------------------------------------------------------------------------------------------
 def nb201_full_tables(zsp) -> dict:
     """``{device: latency of all 15,625 cells}`` for every device of the training set that measured them all."""
-    from .. import dataset
-
     ts = dataset.load().select(space="nb201", metric="latency_ms")
     counts = np.bincount(ts.device_code, minlength=len(ts.devices))
     tables = {}
@@ -89,8 +65,6 @@ def nb201_full_tables(zsp) -> dict:
 
 def _nb201_optimizer(zsp, *, cache=None, progress=True) -> AmortizedOptimizer:
     """The amortized optimizer for NB201, trained on every fully measured device (cached)."""
-    from .population import reference_designs, synthetic_devices, training_pairs
-
     key = hashlib.sha256(b"nb201-amortized-v1").hexdigest()[:16]
     path = cache_dir(cache) / f"amortized-nb201-{key}.npz"
     if path.exists():
@@ -109,9 +83,6 @@ def _nb201_optimizer(zsp, *, cache=None, progress=True) -> AmortizedOptimizer:
 
 
 def _optimize_zoo(zsp, device, budget: Budget, method: str, seed: int, cache) -> OptimizeResult:
-    from ..devices import get_device
-    from .population import budget_features, reference_designs, reference_vector
-
     if budget.energy_mj is not None:   # no per-op energy for table-priced spaces: refuse rather than ignore
         raise InputError("energy budgets need a model's design space (priced per op); zoo spaces are priced by "
                          "measured latency tables only: give latency_ms")
@@ -145,9 +116,6 @@ def model_optimizer(space, accuracy_fn, *, cache=None, seed: int = 0, options: d
     trained once (over the database devices + synthetic ones) and saved there."""
     import json
 
-    from ..predictors.latency import artifact_sha
-    from . import model_space
-
     options = dict(options or {})
     allowed = set(model_space.TRAIN_OPTIONS)
     unknown = sorted(set(options) - allowed)
@@ -180,31 +148,17 @@ def model_problem(space, device, *, accuracy_fn=None, energy=False):
     """Predicted accuracy / latency (and with ``energy``, energy) of a model's designs on ``device``
     as a Problem. Energy (:class:`~edgepass.predictors.energy.EnergyTable`) costs a second pass over
     the knob combinations, so it is built only when asked for (an energy budget)."""
-    from ..predictors.latency import LatencyTable
-
     table = LatencyTable(space, device)
     notes = [f"latency: edgepass latency predictor for {table.device.id}"]
     if accuracy_fn is None:
-        try:
-            from ..predictors.accuracy import data_free_accuracy_fn
-        except ImportError:
-            from .sensitivity import weight_energy_fn
-
-            accuracy_fn = weight_energy_fn(space)
-            notes.append("accuracy: " + accuracy_fn.description)
-        else:
-            accuracy_fn = data_free_accuracy_fn(space)
-            notes.append("accuracy: data-free estimate (no calibration data)")
+        accuracy_fn = weight_energy_fn(space)
+        notes.append("accuracy: " + accuracy_fn.description)
     n_choices = [len(c) for _, _, c in space.knobs()]
     latency_fn = table.predict
     if table.state["a"] == 0.0 and table.state["b"] == 1.0 and table.tables:
-        from .model_space import TableCosts
-
         latency_fn = TableCosts.of(table).predict     # same sums, one gather per batch (no few-shot correction)
     energy_fn = None
     if energy:
-        from ..predictors.energy import EnergyTable
-
         et = EnergyTable(table)
         energy_fn = et.predict
         notes.append(f"energy: {'calibrated on measurements' if et.calibrated else 'modelled, not measured'} "
@@ -233,13 +187,10 @@ def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_acc
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     budget = Budget(latency_ms=latency_ms, energy_mj=energy_mj, max_accuracy_drop=max_accuracy_drop)
-    from ..zoo.spaces import ZooSpace
 
     if isinstance(model_or_space, ZooSpace):
         result = _optimize_zoo(model_or_space, device, budget, method, seed, cache)
     else:
-        from ..space import DesignSpace, design_space
-
         space = model_or_space if isinstance(model_or_space, DesignSpace) else design_space(model_or_space,
                                                                                             example_inputs)
         problem, notes = model_problem(space, device, accuracy_fn=accuracy_fn, energy=energy_mj is not None)
@@ -271,8 +222,6 @@ def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_acc
             front = front + [(float(r.latency_ms), float(r.accuracy))]
         alts = None
         if candidates > 1 and r.feasible and problem.n_choices:
-            from .candidates import candidate_codes
-
             codes = candidate_codes(problem, budget, space, r.code, k=candidates, reference_accuracy=ref)
             ev = problem.evaluate(np.stack(codes))
             alts = [(space.decode(c), float(lat), float(acc))

@@ -45,10 +45,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..predictors.latency import LatencyTable, load_model
 from .amortized import AmortizedOptimizer, TrainingPair
 from .budget import Budget
-from .problem import score_neighbours
-from .search import best_repaired, repair
+from .problem import CallableProblem
+from .search import best_repaired, neighbour_ranks, rank_key, repair
 
 FORMAT = "edgepass.amortized-model/1"
 #: keyword options of :func:`train` a caller may set (``optimize(train_options=...)``)
@@ -150,8 +151,6 @@ class TableCosts:
 def device_costs(space, devices=None, *, progress: bool = False) -> dict:
     """``{device id: TableCosts}`` for ``devices`` (default: every device the latency predictor was
     trained on), skipping devices whose predicted tables are not finite."""
-    from ..predictors.latency import LatencyTable, load_model
-
     model = load_model()
     ids = list(model.devices) if devices is None else list(devices)
     it = ids
@@ -226,38 +225,12 @@ def feasible_range(costs, refs: np.ndarray) -> tuple[float, float]:
 # --------------------------------------------------------------------------------------------
 # problems and labels
 # --------------------------------------------------------------------------------------------
-@dataclass
-class CostsProblem:
-    """Predicted accuracy (``accuracy_fn``) and latency (``costs``) of codes: the Problem optimizers see."""
-
-    n_choices: list
-    accuracy_fn: object
-    costs: object
-
-    @property
-    def n_knobs(self) -> int:
-        return len(self.n_choices)
-
-    def evaluate(self, codes) -> dict:
-        codes = np.atleast_2d(np.asarray(codes, dtype=np.int64))
-        return {"accuracy": np.asarray(self.accuracy_fn(codes), dtype=np.float64),
-                "latency_ms": np.asarray(self.costs.predict(codes), dtype=np.float64), "energy_mj": None}
-
-    def evaluate_neighbours(self, code, nbs, knob, new) -> dict:
-        """:meth:`evaluate` of ``nbs`` (``code`` with one knob moved each), incrementally where the
-        cost and accuracy functions can (:func:`~edgepass.optimizers.problem.move_scorer`)."""
-        return {"accuracy": score_neighbours(self.accuracy_fn, code, nbs, knob, new),
-                "latency_ms": score_neighbours(self.costs.predict, code, nbs, knob, new), "energy_mj": None}
-
-
 def coarse_descent(problem, budget: Budget, code, *, max_moves: int = 8, max_steps: int = 10_000) -> np.ndarray:
     """Towards the budget in big steps: like :func:`repair`, but while far from it each step applies
     the best moves (gain per objective lost) of several different knobs at once -- as many as the
     violation left needs, up to ``max_moves``; near the budget it is one move per step."""
-    from .search import _rank_key, neighbour_ranks
-
     code = np.asarray(code, dtype=np.int64).copy()
-    _, viol, ev = _rank_key(problem, budget, code[None], None)
+    _, viol, ev = rank_key(problem, budget, code[None], None)
     v, obj = float(viol[0]), float(budget.objective(ev["latency_ms"], ev["energy_mj"], ev["accuracy"])[0])
     knob_of = None
     for _ in range(max_steps):
@@ -282,7 +255,7 @@ def coarse_descent(problem, budget: Budget, code, *, max_moves: int = 8, max_ste
             if k not in taken:
                 taken.add(k)
                 new[k] = nbs[i][k]
-        _, nv, nev1 = _rank_key(problem, budget, new[None], None)
+        _, nv, nev1 = rank_key(problem, budget, new[None], None)
         code, v = new, float(nv[0])
         obj = float(budget.objective(nev1["latency_ms"], nev1["energy_mj"], nev1["accuracy"])[0])
     return code
@@ -327,7 +300,7 @@ def training_pairs(space, accuracy_fn, costs: dict, refs: np.ndarray, *, budgets
         vec, _ = device_vector(c, refs)
         ref_lat = c.predict(refs)
         budgets = sample_budgets(rng, ref_lat.min(), ref_lat[0], budgets_per_device)
-        problem = CostsProblem(n_choices, accuracy_fn, c)
+        problem = CallableProblem(n_choices, accuracy_fn, c.predict)
         for L, r in zip(budgets, greedy_labels(problem, budgets, ident, polish=polish)):
             if r.feasible:
                 pairs.append(TrainingPair(vec, budget_features(L, ref_lat), r.code))

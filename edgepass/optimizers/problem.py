@@ -130,3 +130,27 @@ class AdditiveProblem(Problem):
             else:
                 out = out + torch.einsum("bi,ij,bj->b", probs[t.knobs[0]], tab, probs[t.knobs[1]])
         return out
+
+
+@dataclass
+class CallableProblem(Problem):
+    """A problem whose costs come from vectorised callables (predictors of a model's design space)."""
+
+    n_choices: list
+    accuracy_fn: object
+    latency_fn: object
+    energy_fn: object = None
+    latency_table: object = None   # the LatencyTable behind latency_fn (model spaces)
+
+    def evaluate(self, codes) -> dict:
+        codes = np.atleast_2d(np.asarray(codes, dtype=np.int64))
+        return {"accuracy": np.asarray(self.accuracy_fn(codes), dtype=np.float64),
+                "latency_ms": np.asarray(self.latency_fn(codes), dtype=np.float64),
+                "energy_mj": None if self.energy_fn is None else np.asarray(self.energy_fn(codes), dtype=np.float64)}
+
+    def evaluate_neighbours(self, code, nbs, knob, new) -> dict:
+        """:meth:`evaluate` of ``nbs`` (``code`` with one knob moved each; the repair's hot loop),
+        incrementally where a cost function can (:func:`move_scorer`)."""
+        energy = None if self.energy_fn is None else score_neighbours(self.energy_fn, code, nbs, knob, new)
+        return {"accuracy": score_neighbours(self.accuracy_fn, code, nbs, knob, new),
+                "latency_ms": score_neighbours(self.latency_fn, code, nbs, knob, new), "energy_mj": energy}

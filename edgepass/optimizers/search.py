@@ -25,7 +25,7 @@ class SearchResult:
     front: list | None = None                      # (latency_ms, accuracy) of the final candidates
 
 
-def _rank_key(problem: Problem, budget: Budget, codes, reference_accuracy, ev=None):
+def rank_key(problem: Problem, budget: Budget, codes, reference_accuracy, ev=None):
     ev = problem.evaluate(codes) if ev is None else ev
     viol = budget.violation(ev["latency_ms"], ev["energy_mj"], ev["accuracy"], reference_accuracy)
     obj = budget.objective(ev["latency_ms"], ev["energy_mj"], ev["accuracy"])
@@ -58,7 +58,7 @@ def exhaustive(problem: Problem, budget: Budget, *, reference_accuracy=None, chu
     for start in range(0, n, chunk):
         idx = np.arange(start, min(n, start + chunk))
         codes = problem.codes(idx) if isinstance(problem, LookupProblem) else _codes_from_index(problem, idx)
-        key, _, _ = _rank_key(problem, budget, codes, reference_accuracy)
+        key, _, _ = rank_key(problem, budget, codes, reference_accuracy)
         i = int(np.argmax(key))
         if key[i] > best_key:
             best_key, best_code = key[i], codes[i]
@@ -83,7 +83,7 @@ def evolutionary(problem: Problem, budget: Budget, *, population: int = 100, ite
     if init is not None:
         init = np.atleast_2d(np.asarray(init, dtype=np.int64))
         pop[: len(init)] = init[:population]
-    key, _, _ = _rank_key(problem, budget, pop, reference_accuracy)
+    key, _, _ = rank_key(problem, budget, pop, reference_accuracy)
     evals, history, stale = population, [], 0
     n_parents = max(2, int(population * parent_ratio))
     for _ in range(iterations):
@@ -97,7 +97,7 @@ def evolutionary(problem: Problem, budget: Budget, *, population: int = 100, ite
         a, b = parents[rng.integers(0, n_parents, n_cross)], parents[rng.integers(0, n_parents, n_cross)]
         children = np.where(rng.random(a.shape) < 0.5, a, b)
         new = np.concatenate([mutants, children])
-        nkey, _, _ = _rank_key(problem, budget, new, reference_accuracy)
+        nkey, _, _ = rank_key(problem, budget, new, reference_accuracy)
         evals += len(new)
         pop, key = np.concatenate([parents, new]), np.concatenate([pkey, nkey])
         best = float(key.max())
@@ -149,7 +149,7 @@ def neighbour_ranks(problem: Problem, budget: Budget, code, reference_accuracy):
     nbs, knob, new = _neighbours(code, problem.n_choices)
     fast = getattr(problem, "evaluate_neighbours", None)
     ev = None if fast is None else fast(code, nbs, knob, new)
-    key, viol, ev = _rank_key(problem, budget, nbs, reference_accuracy, ev)
+    key, viol, ev = rank_key(problem, budget, nbs, reference_accuracy, ev)
     return nbs, key, viol, ev
 
 
@@ -163,7 +163,7 @@ def repair(problem: Problem, budget: Budget, code, *, reference_accuracy=None, p
     t0 = time.perf_counter()
     code = np.asarray(code, dtype=np.int64).copy()
     evals = 0
-    key, viol, ev = _rank_key(problem, budget, code[None], reference_accuracy)
+    key, viol, ev = rank_key(problem, budget, code[None], reference_accuracy)
     v, obj = float(viol[0]), float(budget.objective(ev["latency_ms"], ev["energy_mj"], ev["accuracy"])[0])
     steps = 0
     while v > 0 and steps < max_steps:
@@ -197,7 +197,7 @@ def repair(problem: Problem, budget: Budget, code, *, reference_accuracy=None, p
 def _exact(problem, budget, code, reference_accuracy) -> tuple[float, float]:
     """(violation, objective) of one design by a full evaluation: incremental neighbour scores
     choose the move, this decides feasibility, so a repaired design meets the budget exactly."""
-    _, viol, ev = _rank_key(problem, budget, code[None], reference_accuracy)
+    _, viol, ev = rank_key(problem, budget, code[None], reference_accuracy)
     return float(viol[0]), float(budget.objective(ev["latency_ms"], ev["energy_mj"], ev["accuracy"])[0])
 
 

@@ -27,6 +27,7 @@ exportable by ``torch.onnx.export(..., dynamo=False)``.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -142,15 +143,9 @@ def coverage(rows: Iterable[dict], *, build_models: bool = False) -> dict:
             "by_space": {k: {"ok": v[0], "n": v[1]} for k, v in by_space.items()}, "failures": failures}
 
 
-def space(name: str = "nb201"):
-    """An enumerable zoo design space with its accuracy table (``"nb201"``): see :mod:`.spaces`."""
-    from .spaces import space as _space
-
-    return _space(name)
-
-
-def spec(code, name: str = "nb201") -> str:
-    """The spec string of one design of a zoo space (its code: one op index per knob)."""
-    from .spaces import spec as _spec
-
-    return _spec(code, name)
+def __getattr__(name):
+    # space()/spec() moved up to edgepass.optimizers.zoo_space (they price designs from the dataset);
+    # the old names keep working, loaded by name so that the zoo never imports a layer above it
+    if name in ("space", "spec"):
+        return getattr(importlib.import_module("edgepass.optimizers.zoo_space"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

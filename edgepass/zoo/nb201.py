@@ -33,14 +33,14 @@ _DATA = Path(__file__).resolve().parent.parent / "data" / "zoo" / "nb201_index.u
 
 
 @lru_cache(maxsize=1)
-def _index_codes() -> tuple[int, ...]:
+def index_codes() -> tuple[int, ...]:
     raw = gzip.decompress(_DATA.read_bytes())
     return struct.unpack(f"<{N_ARCHS}H", raw)
 
 
 @lru_cache(maxsize=1)
 def _code_to_index() -> dict[int, int]:
-    return {c: i for i, c in enumerate(_index_codes())}
+    return {c: i for i, c in enumerate(index_codes())}
 
 
 def code_of(ops: tuple[str, ...]) -> int:
@@ -64,7 +64,7 @@ def arch_str(ops: tuple[str, ...]) -> str:
 
 
 def index_to_arch(idx: int) -> str:
-    return arch_str(ops_of_code(_index_codes()[idx]))
+    return arch_str(ops_of_code(index_codes()[idx]))
 
 
 def arch_to_index(arch: str) -> int:
@@ -106,7 +106,7 @@ def parse(spec: str, body: str, variant: str | None) -> dict:
             raise bad(spec, f"NAS-Bench-201 index must be an integer, got {body[1:]!r}") from None
         if not 0 <= idx < N_ARCHS:
             raise bad(spec, f"NAS-Bench-201 index {idx} out of range 0..{N_ARCHS - 1}")
-        ops = ops_of_code(_index_codes()[idx])
+        ops = ops_of_code(index_codes()[idx])
     else:
         ops = parse_arch(spec, body)
         idx = _code_to_index()[code_of(ops)]
