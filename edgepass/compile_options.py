@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from .errors import MAX_SEED, OptionError
+from .ir import PRECISIONS
 from .optimizers.budget import Budget
 from .optimizers.methods import METHODS
-from .space import PRECISIONS
 
 #: default ``evaluate_top`` with calibration data, and the largest model (MACs) it applies to: each
 #: evaluation is a full rewrite (int8 calibration included) plus inference on the calibration data,

@@ -29,6 +29,9 @@ KINDS = (
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "uint8": 1, "int32": 4, "int64": 8, "bool": 1}
 
+#: the precisions a layer can run in (the design space offers a subset per device)
+PRECISIONS = ("fp32", "fp16", "int8")
+
 
 @dataclass
 class Const:

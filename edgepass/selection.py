@@ -8,9 +8,10 @@ from .build_cache import confirm_records, decisive_candidates
 from .devices.measure import MIN_SECONDS, measure
 from .errors import InputError
 from .optimizers.candidates import uniform_designs
-from .predictors.latency import LatencyTable, calibrate_on_designs
+from .predictors.latency import calibrate_on_designs
 from .rewrite import apply_design
 
+#: ids of this machine's devices: the ones a compile can measure on
 LOCAL_PREFIX = "local/cpu-ort-"
 
 
@@ -50,10 +51,9 @@ def calibrate_latency(prep, space, dev, latency_of):
 LOOSE = 1.25
 
 
-def uniform_candidates(space, dev, acc, max_ms: float) -> list:
+def uniform_candidates(space, table, acc, max_ms: float) -> list:
     """Every uniform design (each width ratio, fp32 and int8 where offered) predicted within ``max_ms``,
     as ``(design, predicted ms, predicted accuracy)``: on this machine they are measured, not trusted."""
-    table = LatencyTable(space, dev)
     designs = uniform_designs(space)
     codes = np.stack([space.encode(d) for d in designs])
     lat, a = table.predict(codes), acc.predict_codes(codes)

@@ -19,14 +19,13 @@ import numpy as np
 from .api import analyze
 from .coupling import CoupledChannels, Layout, couple_channels
 from .errors import InputError
-from .ir import Graph, Op, compute_costs
+from .ir import PRECISIONS, Graph, Op, compute_costs
 
 __all__ = ["WIDTH_RATIOS", "PRECISIONS", "MAX_DESIGN_INT", "DESIGN_KNOBS", "Layout", "ChannelGroup", "Design",
            "DesignSpace", "width_choices", "kernel_choices", "channel_groups", "build_space", "design_space",
            "space_summary"]
 
 WIDTH_RATIOS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from .frontends.onnx import analyze_onnx, load_model
 from .optimizers.api import optimize
 from .plot import plot_front
 from .predictors.accuracy import AccuracyPredictor
+from .predictors.latency import LatencyTable
 from .predictors.predict import predict
 from .report import Report, layer_rows, model_bytes
 from .rewrite import apply_design, verify
@@ -251,17 +252,18 @@ def optimize_design(prep: Prepared, tgt: Target, dev, opts: CompileOptions, budg
     also designs predicted up to :data:`LOOSE` x over the budget (the calibrated predictor still errs
     by ~15 % on mixed precisions) and every uniform design, to keep what *measures* within it."""
     space, acc, n_evaluated = tgt.space, tgt.accuracy, opts.n_evaluated(prep.graph.macs)
-    common = dict(energy_mj=budget.energy_mj, max_accuracy_drop=budget.max_accuracy_drop, method=opts.method,
-                  accuracy_fn=acc.predict_codes, seed=opts.seed, cache=opts.cache_dir,
-                  train_options=opts.optimizer_options)
-    result = optimize(space, dev, latency_ms=budget.latency_ms, **common,
+    table = LatencyTable(space, dev)    # one per device: every optimize call and candidate below shares it
+    common = dict(method=opts.method, accuracy_fn=acc.predict_codes, seed=opts.seed, cache=opts.cache_dir,
+                  train_options=opts.optimizer_options, latency_table=table)
+    result = optimize(space, dev, budget=budget, **common,
                       candidates=n_evaluated if prep.calibration is not None else 0)
     if latency_of is not None and budget.latency_ms is not None and result.feasible and n_evaluated > 1 \
             and prep.calibration is not None:
-        loose = optimize(space, dev, latency_ms=budget.latency_ms * LOOSE, **common, candidates=n_evaluated)
+        loose = optimize(space, dev, budget=replace(budget, latency_ms=budget.latency_ms * LOOSE), **common,
+                         candidates=n_evaluated)
         have = list(result.candidates or [(result.design, result.latency_ms, result.accuracy)])
         have += [c for c in (loose.candidates or []) if all(c[0] != h[0] for h in have)]
-        have += [c for c in uniform_candidates(space, dev, acc, budget.latency_ms * LOOSE)
+        have += [c for c in uniform_candidates(space, table, acc, budget.latency_ms * LOOSE)
                  if all(c[0] != h[0] for h in have)]
         result.candidates = have
     return result

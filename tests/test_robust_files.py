@@ -23,7 +23,7 @@ from edgepass import fileio
 from edgepass.cli import main
 from edgepass.errors import EXIT_INTERNAL, EXIT_USAGE, EdgepassError, InputError, OptionError
 
-COMPILE = importlib.import_module("edgepass.compile")   # the module (edgepass.compile is the function)
+STAGES = importlib.import_module("edgepass.stages")   # where a compile does its work
 DEVICE = "help/pixel2"
 BUDGET = ["--latency-fraction", "0.8"]
 
@@ -137,7 +137,7 @@ def test_fleet_refuses_before_any_work(work, capsys, monkeypatch):
                                        ("x" * 256 + ".onnx", "too long"), ("model.onnx/o.onnx", "not a directory")])
 def test_unwritable_output_refused_before_the_compile(work, capsys, monkeypatch, out, text):
     (work / "sub").mkdir()
-    monkeypatch.setattr(COMPILE, "prepare", lambda *a, **k: pytest.fail("compiled before checking"))
+    monkeypatch.setattr(STAGES, "prepare", lambda *a, **k: pytest.fail("compiled before checking"))
     before = sums(work)
     rc, err = run(capsys, "compile", "model.onnx", out, "--device", DEVICE, *BUDGET)
     assert rc == 2 and text in one_line_error(err)
@@ -155,7 +155,7 @@ def test_read_only_folder_refused(work, capsys, monkeypatch, as_root):
     else:
         real = os.access
         monkeypatch.setattr(fileio.os, "access", lambda p, m: False if str(p).endswith("ro") else real(p, m))
-    monkeypatch.setattr(COMPILE, "prepare", lambda *a, **k: pytest.fail("compiled before checking"))
+    monkeypatch.setattr(STAGES, "prepare", lambda *a, **k: pytest.fail("compiled before checking"))
     rc, err = run(capsys, "compile", "model.onnx", "ro/o.onnx", "--device", DEVICE, *BUDGET)
     assert rc == 2 and "cannot write in" in one_line_error(err)
 
@@ -181,7 +181,7 @@ def test_write_atomic_long_name_fsync_and_stale_temps(tmp_path, monkeypatch):
     os.utime(other, (old, old))
 
     long_name = tmp_path / ("m" * 250 + ".onnx")        # 255 bytes: the temp name must stay short
-    COMPILE.write_atomic(long_name, b"data")            # the old import path still works
+    importlib.import_module("edgepass.compile").write_atomic(long_name, b"data")   # the old import path works
     assert long_name.read_bytes() == b"data"
     assert len(synced) >= 2                              # the file, then the folder
     assert not stale.exists() and fresh.exists() and other.exists()
@@ -274,7 +274,8 @@ def test_campaign_plan_threads_bounded(work):
 
 # ------------------------------------------------------------------ 6. an unusable cache costs time, not the compile
 def test_unusable_cache_warns_once_and_runs_without(tmp_path, capsys):
-    from edgepass.compile import CompileOptions, with_usable_cache
+    from edgepass.compile import CompileOptions
+    from edgepass.stages import with_usable_cache
 
     blocker = tmp_path / "cache-file"
     blocker.write_text("not a folder")
@@ -382,7 +383,7 @@ def test_sigterm_stops_like_ctrl_c_and_restores_the_handler(work, capsys, monkey
     ("nope.onnx", {"latency_ms": 1.0}, InputError),
 ])
 def test_api_wrong_arguments_raise_before_work(work, monkeypatch, model, kwargs, error):
-    monkeypatch.setattr(COMPILE, "prepare", lambda *a, **k: pytest.fail("worked before checking"))
+    monkeypatch.setattr(STAGES, "prepare", lambda *a, **k: pytest.fail("worked before checking"))
     with pytest.raises(error) as info:
         edgepass.compile(model, DEVICE, **kwargs)
     assert isinstance(info.value, EdgepassError)

@@ -144,11 +144,12 @@ def model_optimizer(space, accuracy_fn, *, cache=None, seed: int = 0, options: d
     return opt
 
 
-def model_problem(space, device, *, accuracy_fn=None, energy=False):
+def model_problem(space, device, *, accuracy_fn=None, energy=False, latency_table=None):
     """Predicted accuracy / latency (and with ``energy``, energy) of a model's designs on ``device``
     as a Problem. Energy (:class:`~edgepass.predictors.energy.EnergyTable`) costs a second pass over
-    the knob combinations, so it is built only when asked for (an energy budget)."""
-    table = LatencyTable(space, device)
+    the knob combinations, so it is built only when asked for (an energy budget). ``latency_table``:
+    the device's :class:`LatencyTable` of ``space`` when the caller has built it already."""
+    table = latency_table if latency_table is not None else LatencyTable(space, device)
     notes = [f"latency: edgepass latency predictor for {table.device.id}"]
     if accuracy_fn is None:
         accuracy_fn = weight_energy_fn(space)
@@ -168,7 +169,8 @@ def model_problem(space, device, *, accuracy_fn=None, energy=False):
 
 def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_accuracy_drop=None,
              method: str = "amortized", example_inputs=None, accuracy_fn=None, seed: int = 0, cache=None,
-             strict: bool = False, train_options: dict | None = None, candidates: int = 0) -> OptimizeResult:
+             strict: bool = False, train_options: dict | None = None, candidates: int = 0,
+             budget: Budget | None = None, latency_table=None) -> OptimizeResult:
     """A design of ``model_or_space`` for ``device`` within the budget.
 
     ``model_or_space``: a zoo space (``edgepass.zoo.space("nb201")``), or a model / ``DesignSpace``
@@ -183,17 +185,24 @@ def optimize(model_or_space, device, *, latency_ms=None, energy_mj=None, max_acc
     ``result.front``: (latency_ms, accuracy) of candidate designs seen (None for exhaustive/zoo).
     ``candidates`` > 1 (model spaces, feasible budgets): ``result.candidates`` also lists other good
     designs under the budget (repaired uniform starts), for a final choice by evaluation.
+    ``budget``: a :class:`Budget` instead of ``latency_ms``/``energy_mj``/``max_accuracy_drop``;
+    ``latency_table``: the device's latency table of the space, when the caller has it (a compile
+    builds one per device and shares it).
     """
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    budget = Budget(latency_ms=latency_ms, energy_mj=energy_mj, max_accuracy_drop=max_accuracy_drop)
+    if budget is None:
+        budget = Budget(latency_ms=latency_ms, energy_mj=energy_mj, max_accuracy_drop=max_accuracy_drop)
+    elif any(v is not None for v in (latency_ms, energy_mj, max_accuracy_drop)):
+        raise InputError("give budget= or latency_ms/energy_mj/max_accuracy_drop, not both")
 
     if isinstance(model_or_space, ZooSpace):
         result = _optimize_zoo(model_or_space, device, budget, method, seed, cache)
     else:
         space = model_or_space if isinstance(model_or_space, DesignSpace) else design_space(model_or_space,
                                                                                             example_inputs)
-        problem, notes = model_problem(space, device, accuracy_fn=accuracy_fn, energy=energy_mj is not None)
+        problem, notes = model_problem(space, device, accuracy_fn=accuracy_fn, energy=budget.energy_mj is not None,
+                                       latency_table=latency_table)
         ident = space.encode(space.identity())
         ref = float(problem.evaluate(ident[None])["accuracy"][0])
         t0 = time.perf_counter()
