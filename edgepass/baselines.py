@@ -195,7 +195,6 @@ def to_latency(model, kind: str, target_ms: float, *, calibration=None, tol: flo
     :func:`edgepass.apply`; weights only, so its latency is the one measured). ``measure``: a
     function ONNX model -> ms to use instead of timing on this CPU (:func:`measured_ms` with
     ``runs``/``repeats``/``min_seconds``), e.g. a predictor, or a fixed cost model in tests."""
-
     if kind not in KINDS:
         raise InputError(f"baseline must be one of {', '.join(KINDS)}, not {kind!r}")
     if not target_ms > 0:

@@ -207,7 +207,6 @@ def _checked_state(data, *, knobs, samples) -> dict:
 
 def save_accuracy(cache_dir, key: str, predictor) -> bool:
     """Store ``predictor``'s fitted state; False (and nothing written) when it cannot be stored."""
-
     try:
         state = {k: _encode(v) for k, v in vars(predictor).items() if k not in _INPUTS}
         text = json.dumps({"class": type(predictor).__qualname__, "state": state}, sort_keys=True, allow_nan=False)
@@ -283,7 +282,6 @@ def load_evaluations(cache_dir, key: str) -> EvaluationRecords:
 
 def save_evaluations(cache_dir, key: str, evaluated: dict) -> None:
     """Store ``evaluated`` next to the predictor (deterministic values: a later compile reuses them)."""
-
     try:
         path = evaluations_path(cache_dir, key)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -124,7 +124,6 @@ def _row(entry, dev_id=None) -> dict:
 
 def _as_onnx(model, opts: CompileOptions):
     """Fleet outputs are ONNX: a PyTorch model is exported once (legacy exporter) before the analysis."""
-
     if not is_torch_module(model):
         return model, []
     import tempfile
@@ -152,7 +151,6 @@ def compile_fleet(model, devices, outdir, options: CompileOptions | None = None,
     closest designs are written), or the code of the first failed device. ``protect``: more inputs
     (label -> path) no output may overwrite, e.g. the fleet file the devices came from.
     """
-
     opts = CompileOptions.of(options, **kwargs)
     if opts.plot:
         raise InputError("--plot draws one device's candidates: compile that device on its own to plot it")

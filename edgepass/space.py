@@ -251,7 +251,6 @@ class DesignSpace:
     def design_op(self, op: Op, widths: dict, kernel: int | None = None, precision: str | None = None) -> Op:
         """``op`` as the model would have it with group ``widths`` (group id -> width; missing groups
         keep theirs), ``kernel`` and ``precision``: shapes, channel counts and costs recomputed."""
-
         def new_shape(t):
             shape = self.graph.graph["tensors"].get(t)
             lay = self.layouts.get(t)

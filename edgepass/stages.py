@@ -151,7 +151,6 @@ _NO_CACHE: dict = {}   # unusable cache folder -> the throwaway folder used inst
 def with_usable_cache(opts: CompileOptions) -> CompileOptions:
     """``opts``, or, when its cache folder cannot be created or written, ``opts`` with a throwaway folder
     removed at exit (one warning): a cache only saves time, it must never cost a compile."""
-
     try:
         if can_write_in(cache_dir(opts.cache_dir)):
             return opts
